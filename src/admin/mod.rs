@@ -1,0 +1,130 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/reload` (SPEC §9). It sits beside
+//! the proxy, never inside the request path.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+
+use crate::app::Reloader;
+use crate::proxy::error::{full, json_error, json_response};
+use crate::proxy::{Body, Shared};
+
+/// What the admin endpoints need.
+pub struct Admin {
+    pub shared: Arc<Shared>,
+    pub metrics: Option<PrometheusHandle>,
+    pub reloader: Arc<Reloader>,
+}
+
+/// Serves the admin API until shutdown starts.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+    let mut shutdown = admin.shared.shutdown.clone();
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = crate::proxy::stopped(&mut shutdown) => break,
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(route(&admin, req).await) }
+            });
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10));
+            if let Err(e) = b.serve_connection(TokioIo::new(stream), service).await {
+                tracing::debug!(error = %e, "admin connection error");
+            }
+        });
+    }
+}
+
+async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
+    let config = admin.shared.runtime.load().config.clone();
+    if let Some(token) = &config.admin.token {
+        let given = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let open = matches!(req.uri().path(), "/healthz" | "/readyz");
+        if !open && given != Some(token.expose()) {
+            return json_error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "admin_token",
+                "admin calls need Authorization: Bearer <token>",
+                "error",
+            );
+        }
+    }
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            if *admin.shared.shutdown.borrow() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        (&Method::GET, "/metrics") => match &admin.metrics {
+            Some(h) => {
+                let mut resp = text(StatusCode::OK, h.render());
+                resp.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                resp
+            }
+            None => text(StatusCode::NOT_FOUND, "metrics are not enabled\n"),
+        },
+        (&Method::POST, "/reload") => match admin.reloader.reload() {
+            Ok(()) => json_response(
+                StatusCode::OK,
+                &serde_json::json!({"status": "reloaded"}),
+                "admin",
+            ),
+            Err(e) => json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_config",
+                "reload_failed",
+                &e,
+                "error",
+            ),
+        },
+        (_, "/healthz" | "/readyz" | "/metrics" | "/reload") => json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method",
+            "method not allowed",
+            "error",
+        ),
+        (_, path) => json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "path",
+            &format!("no admin endpoint {path}"),
+            "error",
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp
+}

@@ -1,0 +1,29 @@
+//! quota-proxy: an HTTP forward proxy and sidecar that enforces API quotas transparently.
+//!
+//! # Layout
+//!
+//! The modules follow a request:
+//!
+//! ```text
+//! listener → (tunnel | intercept) → proxy pipeline → policy → quota → upstream → signals → state
+//!                                                 admin and config sit beside, not inside
+//! ```
+//!
+//! - [`config`]: the TOML model, validated into types that cannot be invalid; reloads.
+//! - [`listener`]: accept loop, first-bytes sniff, hyper HTTP/1.1 and HTTP/2 serving.
+//! - [`proxy`]: the one pipeline for plain, route-mode and intercepted requests; CONNECT;
+//!   header normalisation; the single mapping from errors to responses.
+//! - [`policy`]: host and route → provider matching; destination safety.
+//! - [`upstream`]: the pooled, verifying upstream client.
+//! - [`admin`]: health, readiness, metrics and reload endpoints.
+//! - [`app`]: wiring, reload and graceful drain.
+//! - [`telemetry`]: logging and the metrics recorder.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod listener;
+pub mod policy;
+pub mod proxy;
+pub mod telemetry;
+pub mod upstream;

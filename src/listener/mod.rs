@@ -1,0 +1,207 @@
+//! Listeners: the accept loop (connection limit, client allow-list), the first-bytes sniff,
+//! and hyper HTTP/1.1 or HTTP/2 serving over any stream — plain TCP here, TLS for
+//! intercepted tunnels — all feeding [`crate::proxy::handle`].
+
+mod rewind;
+mod sniff;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+pub use rewind::Rewind;
+pub use sniff::{sniff, Sniff};
+
+use crate::proxy::{self, error, ConnInfo, ProxyError, Shared};
+
+/// Accepts proxy connections until shutdown starts.
+pub async fn serve_proxy(listener: TcpListener, shared: Arc<Shared>) {
+    let max = shared.runtime.load().config.proxy.max_connections;
+    let limit = Arc::new(Semaphore::new(max));
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let config = shared.runtime.load().config.clone();
+        let nets = &config.proxy.allowed_networks;
+        if !nets.is_empty()
+            && !peer.ip().is_loopback()
+            && !nets.iter().any(|n| n.contains(peer.ip()))
+        {
+            tracing::info!(%peer, "connection from a network not in proxy.allowed_networks closed");
+            continue;
+        }
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            metrics::counter!("quota_proxy_connections_refused_total").increment(1);
+            tokio::spawn(refuse(
+                stream,
+                ProxyError::Unavailable(format!("the proxy is at its limit of {max} connections")),
+            ));
+            continue;
+        };
+        let span = tracing::info_span!("conn", %peer);
+        let shared2 = shared.clone();
+        shared.tracker.spawn(
+            async move {
+                serve_tcp(stream, peer, shared2).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+    tracing::info!("proxy listener closed");
+}
+
+/// Writes a JSON error on a raw connection and closes it.
+async fn refuse<S: AsyncWrite + Unpin>(mut stream: S, err: ProxyError) {
+    let bytes = error::raw_response(&err);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = stream.write_all(&bytes).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+async fn serve_tcp(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let conn = Arc::new(ConnInfo {
+        peer,
+        intercepted: None,
+    });
+    serve_stream(stream, conn, shared).await;
+}
+
+/// Sniffs the first bytes of `stream` and serves it as HTTP/1.1 or h2c.
+pub async fn serve_stream<S>(mut stream: S, conn: Arc<ConnInfo>, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let config = shared.runtime.load().config.clone();
+    let (prefix, kind) = match read_head(
+        &mut stream,
+        config.proxy.header_read_timeout,
+        config.proxy.max_header_bytes,
+    )
+    .await
+    {
+        Some(found) => found,
+        None => return,
+    };
+    let io = Rewind::new(prefix.freeze(), stream);
+    match kind {
+        Sniff::Http1 => serve_http(io, false, conn, shared).await,
+        Sniff::H2 => serve_http(io, true, conn, shared).await,
+        Sniff::Invalid(err) => {
+            tracing::debug!(error = %err, "bad request head");
+            refuse(io, err).await;
+        }
+        Sniff::Tls => {
+            let err = ProxyError::BadRequest(
+                "TLS sent to the plain proxy port: use http:// for the proxy URL".into(),
+            );
+            tracing::debug!("TLS on the plain listener");
+            refuse(io, err).await;
+        }
+        Sniff::Partial => {}
+    }
+}
+
+/// Reads until the first request head is complete (or is clearly bad), within `timeout`.
+/// `None` when the peer closed or stalled: it is dropped without an answer.
+pub async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    timeout: Duration,
+    max: usize,
+) -> Option<(BytesMut, Sniff)> {
+    let mut buf = BytesMut::with_capacity(4096);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Err(_) => {
+                tracing::debug!(
+                    bytes = buf.len(),
+                    "request head not complete within header_read_timeout; closing"
+                );
+                metrics::counter!("quota_proxy_header_timeouts_total").increment(1);
+                return None;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "read failed");
+                return None;
+            }
+            Ok(Ok(0)) => return None,
+            Ok(Ok(_)) => match sniff(&buf, max) {
+                Sniff::Partial => {
+                    if buf.len() > max + 4096 {
+                        return Some((buf, Sniff::Invalid(ProxyError::HeadersTooLarge(max))));
+                    }
+                }
+                kind => return Some((buf, kind)),
+            },
+        }
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades, for CONNECT) or HTTP/2 on `io` until it closes or shutdown
+/// drains it.
+pub async fn serve_http<I>(io: I, h2: bool, conn: Arc<ConnInfo>, shared: Arc<Shared>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let config = shared.runtime.load().config.clone();
+    let mut shutdown = shared.shutdown.clone();
+    let shared2 = shared.clone();
+    let service = service_fn(move |req| proxy::handle(shared2.clone(), conn.clone(), req));
+    let io = TokioIo::new(io);
+    macro_rules! drive {
+        ($conn:expr) => {{
+            let conn = $conn;
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = proxy::stopped(&mut shutdown) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }};
+    }
+    if h2 {
+        let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new())
+            .max_concurrent_streams(config.proxy.max_h2_streams)
+            .max_header_list_size(u32::try_from(config.proxy.max_header_bytes).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        drive!(b.serve_connection(io, service));
+    } else {
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .header_read_timeout(config.proxy.header_read_timeout)
+            .max_buf_size(config.proxy.max_header_bytes.max(8192))
+            .max_headers(256)
+            .keep_alive(true);
+        drive!(b.serve_connection(io, service).with_upgrades());
+    }
+}

@@ -1,0 +1,113 @@
+//! The `quota-proxy` command line: `run` and `check` (SPEC §3).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use quota_proxy::config::{self, Config};
+
+#[derive(Parser)]
+#[command(
+    name = "quota-proxy",
+    version,
+    about = "HTTP forward proxy that enforces API quotas transparently"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the proxy and the admin API.
+    Run {
+        /// Config file (default: $QUOTA_PROXY_CONFIG, else config/quota-proxy.toml).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate the config and describe every provider.
+    Check {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn config_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os(config::PATH_ENV).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config_path(config)),
+        Command::Run { config } => {
+            quota_proxy::telemetry::init_logging();
+            match run(config_path(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("quota-proxy: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load(path) {
+        Ok(cfg) => {
+            print!("{}", quota_proxy::config::describe(&cfg));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: PathBuf) -> anyhow::Result<()> {
+    let cfg: Config = config::load(&path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let proxy = tokio::net::TcpListener::bind(cfg.proxy.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (proxy.listen)", cfg.proxy.listen))?;
+        let admin = tokio::net::TcpListener::bind(cfg.admin.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (admin.listen)", cfg.admin.listen))?;
+        let metrics = quota_proxy::telemetry::init_metrics().map_err(anyhow::Error::msg)?;
+        let (proxy_addr, admin_addr) = (proxy.local_addr()?, admin.local_addr()?);
+        tracing::info!(proxy = %proxy_addr, admin = %admin_addr, providers = cfg.providers.len(), "listening");
+        // One machine-readable line on stdout, for scripts and tests that bind port 0.
+        let mut out = std::io::stdout();
+        writeln!(out, "quota-proxy listening proxy={proxy_addr} admin={admin_addr}")?;
+        out.flush()?;
+
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the config");
+                if reload_tx.send(()).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            }
+        };
+        quota_proxy::app::run(cfg, proxy, admin, Some(metrics), shutdown, reload_rx).await?;
+        Ok(())
+    })
+}

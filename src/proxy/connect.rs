@@ -1,0 +1,81 @@
+//! CONNECT: the policy is decided before the 200 (deny, port, private destinations); then a
+//! blind TCP tunnel, or TLS interception for providers with `intercept = true`.
+
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+use super::{count, error, headers, split_authority, Body, ConnInfo, ProxyError, Runtime, Shared};
+use crate::config::Unmatched;
+use crate::policy;
+
+pub async fn handle(
+    shared: &Arc<Shared>,
+    runtime: &Arc<Runtime>,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let config = &runtime.config;
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .ok_or_else(|| ProxyError::BadRequest("CONNECT needs host:port".into()))?;
+    let (host, port) = match split_authority(&authority, 0) {
+        Some((h, p)) if p != 0 => (h, p),
+        _ => {
+            return Err(ProxyError::BadRequest(format!(
+                "CONNECT target {authority:?} is not host:port"
+            )))
+        }
+    };
+    let hints = headers::take_caller_hints(req.headers_mut()).map_err(ProxyError::BadRequest)?;
+    super::forward::check_proxy_auth(config, &hints, conn)?;
+    let provider = policy::match_host(config, &host, port).cloned();
+    let label = provider
+        .as_ref()
+        .map(|p| p.name.as_str())
+        .unwrap_or("unmatched")
+        .to_string();
+    if provider.is_none() {
+        if config.proxy.unmatched == Unmatched::Deny {
+            count(&label, "denied");
+            return Err(ProxyError::Forbidden(format!(
+                "{host} is not a configured provider and unmatched = \"deny\""
+            )));
+        }
+        if !config.proxy.connect_ports.contains(&port) {
+            count(&label, "denied");
+            return Err(ProxyError::Forbidden(format!(
+                "CONNECT to port {port} is not allowed (proxy.connect_ports)"
+            )));
+        }
+    }
+    let check_private = provider.is_none() && !config.proxy.allow_private_destinations;
+    let upstream = super::forward::connect_tcp(config, &host, port, check_private).await?;
+    count(&label, "tunneled");
+    let span = tracing::debug_span!("tunnel", %host, port, provider = %label);
+    shared.tracker.spawn(
+        async move {
+            match hyper::upgrade::on(req).await {
+                Ok(upgraded) => tunnel(TokioIo::new(upgraded), upstream).await,
+                Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+            }
+        }
+        .instrument(span),
+    );
+    let mut resp = Response::new(error::empty());
+    *resp.status_mut() = StatusCode::OK;
+    Ok(resp)
+}
+
+async fn tunnel(mut client: TokioIo<hyper::upgrade::Upgraded>, mut upstream: TcpStream) {
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((up, down)) => tracing::debug!(bytes_up = up, bytes_down = down, "tunnel closed"),
+        Err(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
+    }
+}

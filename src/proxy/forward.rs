@@ -1,0 +1,328 @@
+//! The forwarding pipeline shared by absolute-form, route-mode and intercepted requests:
+//! caller hints → destination + policy → upstream request → streamed response.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::net::TcpStream;
+
+use super::{count, headers, split_authority, Body, BoxError, ConnInfo, ProxyError, Runtime};
+use crate::config::{Config, Provider, Unmatched};
+use crate::policy;
+
+/// Where a request goes.
+struct Destination {
+    https: bool,
+    host: String,
+    port: u16,
+    path_and_query: String,
+    provider: Option<Arc<Provider>>,
+}
+
+impl Destination {
+    fn authority(&self) -> String {
+        let default = if self.https { 443 } else { 80 };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+pub async fn handle(
+    runtime: &Arc<Runtime>,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let config = &runtime.config;
+    let hints = headers::take_caller_hints(req.headers_mut()).map_err(ProxyError::BadRequest)?;
+    check_proxy_auth(config, &hints, conn)?;
+    let mut dest = destination(config, conn, &req)?;
+    let label = dest
+        .provider
+        .as_ref()
+        .map(|p| p.name.clone())
+        .unwrap_or_else(|| "unmatched".into());
+    let original_authority = dest.authority();
+    if dest.provider.is_none() {
+        if config.proxy.unmatched == Unmatched::Deny {
+            count(&label, "denied");
+            return Err(ProxyError::Forbidden(format!(
+                "{} is not a configured provider and unmatched = \"deny\"",
+                dest.host
+            )));
+        }
+        // Resolve once and pin the address, so the policy check and the connection agree.
+        let addr = resolve_checked(
+            config,
+            &dest.host,
+            dest.port,
+            !config.proxy.allow_private_destinations,
+        )
+        .await?;
+        dest.host = addr.ip().to_string();
+    }
+
+    let (mut parts, body) = req.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::HOST);
+    if dest.provider.is_none() {
+        // The URI carries the pinned address; Host keeps the name the client asked for.
+        let host = HeaderValue::from_str(&original_authority)
+            .map_err(|_| ProxyError::BadRequest("invalid host".into()))?;
+        parts.headers.insert(header::HOST, host);
+    }
+    parts.uri = upstream_uri(&dest)?;
+    parts.version = http::Version::HTTP_11;
+    let upstream_req =
+        Request::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed());
+
+    let started = Instant::now();
+    let sent = tokio::time::timeout(
+        config.proxy.upstream_timeout,
+        runtime.client.request(upstream_req),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    metrics::histogram!("quota_proxy_upstream_duration_seconds", "provider" => label.clone())
+        .record(elapsed.as_secs_f64());
+    let resp = match sent {
+        Err(_) => {
+            count(&label, "upstream_error");
+            return Err(ProxyError::GatewayTimeout(crate::config::format_duration(
+                config.proxy.upstream_timeout,
+            )));
+        }
+        Ok(Err(e)) => {
+            count(&label, "upstream_error");
+            return Err(ProxyError::BadGateway(describe_client_error(
+                &original_authority,
+                &e,
+            )));
+        }
+        Ok(Ok(resp)) => resp,
+    };
+    let outcome = match (dest.provider.is_some(), resp.status().as_u16()) {
+        (false, _) => "tunneled",
+        (true, 429) => "upstream_429",
+        (true, _) => "forwarded",
+    };
+    count(&label, outcome);
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(
+        parts,
+        body.map_err(|e| Box::new(e) as BoxError).boxed(),
+    ))
+}
+
+/// SPEC §12: with `[proxy.auth]`, every call needs the proxy password (on the CONNECT for
+/// intercepted requests, which are authenticated by their tunnel).
+pub fn check_proxy_auth(
+    config: &Config,
+    hints: &headers::CallerHints,
+    conn: &ConnInfo,
+) -> Result<(), ProxyError> {
+    let Some(expected) = &config.proxy.auth_password else {
+        return Ok(());
+    };
+    if conn.intercepted.is_some() {
+        return Ok(());
+    }
+    match &hints.proxy_password {
+        Some(given) if constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) => Ok(()),
+        _ => Err(ProxyError::ProxyAuthRequired),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn destination(
+    config: &Config,
+    conn: &ConnInfo,
+    req: &Request<Incoming>,
+) -> Result<Destination, ProxyError> {
+    let uri = req.uri();
+    let path_and_query = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
+    if let Some(icpt) = &conn.intercepted {
+        if let Some(given) = request_authority(req)? {
+            let agrees = split_authority(&given, icpt.port)
+                .is_some_and(|(h, p)| h == icpt.host && p == icpt.port);
+            if !agrees {
+                return Err(ProxyError::Misdirected(format!(
+                    "request for {given} inside a tunnel to {}:{}",
+                    icpt.host, icpt.port
+                )));
+            }
+        }
+        return Ok(Destination {
+            https: true,
+            host: icpt.host.clone(),
+            port: icpt.port,
+            provider: policy::match_host(config, &icpt.host, icpt.port).cloned(),
+            path_and_query,
+        });
+    }
+    if let Some(authority) = uri.authority() {
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => {
+                return Err(ProxyError::BadRequest(
+                    "only http:// and https:// URLs can be proxied".into(),
+                ))
+            }
+        };
+        let default_port = if https { 443 } else { 80 };
+        let (host, port) = split_authority(authority.as_str(), default_port)
+            .ok_or_else(|| ProxyError::BadRequest(format!("invalid authority {authority:?}")))?;
+        if let Some(h) = req.headers().get(header::HOST) {
+            let agrees = h
+                .to_str()
+                .ok()
+                .and_then(|h| split_authority(h, default_port))
+                .is_some_and(|(hh, hp)| hh == host && hp == port);
+            if !agrees {
+                return Err(ProxyError::BadRequest(format!(
+                    "the Host header does not match the request URI authority {authority}"
+                )));
+            }
+        }
+        let provider = policy::match_host(config, &host, port).cloned();
+        return Ok(Destination {
+            https,
+            host,
+            port,
+            path_and_query,
+            provider,
+        });
+    }
+    let (provider, rest) = policy::match_route(config, uri.path())
+        .ok_or_else(|| ProxyError::NotFound(format!("no provider route matches {}", uri.path())))?;
+    let Some(upstream) = &provider.upstream else {
+        return Err(ProxyError::NotFound(format!(
+            "provider {} has no upstream",
+            provider.name
+        )));
+    };
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    Ok(Destination {
+        https: upstream.https,
+        host: upstream.host.clone(),
+        port: upstream.port,
+        path_and_query: format!("{}{rest}{query}", upstream.base_path),
+        provider: Some(provider.clone()),
+    })
+}
+
+/// `:authority` (h2) or the Host header, if the request names one.
+fn request_authority(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
+    if let Some(a) = req.uri().authority() {
+        return Ok(Some(a.as_str().to_string()));
+    }
+    match req.headers().get(header::HOST) {
+        Some(h) => h
+            .to_str()
+            .map(|s| Some(s.to_string()))
+            .map_err(|_| ProxyError::BadRequest("the Host header is not valid".into())),
+        None => Ok(None),
+    }
+}
+
+fn upstream_uri(dest: &Destination) -> Result<Uri, ProxyError> {
+    let bad = |_| ProxyError::BadRequest("the request URI cannot be forwarded".into());
+    let authority = Authority::try_from(dest.authority()).map_err(bad)?;
+    let pq = PathAndQuery::try_from(dest.path_and_query.as_str()).map_err(bad)?;
+    Uri::builder()
+        .scheme(if dest.https {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        })
+        .authority(authority)
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| ProxyError::BadRequest("the request URI cannot be forwarded".into()))
+}
+
+/// Resolves `host`, refusing private destinations when asked to; returns the first address.
+pub async fn resolve_checked(
+    config: &Config,
+    host: &str,
+    port: u16,
+    refuse_private: bool,
+) -> Result<SocketAddr, ProxyError> {
+    let addrs = crate::upstream::resolve(&config.proxy.resolve, host, port)
+        .await
+        .map_err(|e| ProxyError::BadGateway(format!("cannot resolve {host}: {e}")))?;
+    if refuse_private {
+        if let Some(bad) = addrs
+            .iter()
+            .find(|a| policy::is_private_destination(a.ip()))
+        {
+            return Err(ProxyError::Forbidden(format!(
+                "{host} resolves to {}, a private or local address (proxy.allow_private_destinations = false)",
+                bad.ip()
+            )));
+        }
+    }
+    addrs
+        .first()
+        .copied()
+        .ok_or_else(|| ProxyError::BadGateway(format!("{host} has no addresses")))
+}
+
+/// Resolves (with the private check), then connects within `connect_timeout`.
+pub async fn connect_tcp(
+    config: &Config,
+    host: &str,
+    port: u16,
+    refuse_private: bool,
+) -> Result<TcpStream, ProxyError> {
+    let addr = resolve_checked(config, host, port, refuse_private).await?;
+    let timeout = config.proxy.connect_timeout;
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(ProxyError::BadGateway(format!(
+            "cannot connect to {host}:{port}: {e}"
+        ))),
+        Err(_) => Err(ProxyError::GatewayTimeout(format!(
+            "{} (connecting to {host}:{port})",
+            crate::config::format_duration(timeout)
+        ))),
+    }
+}
+
+/// A plain sentence for an upstream client error, with its innermost cause.
+fn describe_client_error(authority: &str, e: &hyper_util::client::legacy::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    if e.is_connect() {
+        format!("cannot connect to upstream {authority}: {cause}")
+    } else {
+        format!("upstream {authority} failed: {cause}")
+    }
+}

@@ -1,0 +1,131 @@
+//! The proxy pipeline: ONE request path serving plain forward-proxy, route-mode and
+//! intercepted requests alike (CONNECT is decided here too, before the 200).
+//!
+//! `handle` → classify (CONNECT / absolute-form / route / intercepted) → [`forward`]:
+//! caller hints → policy → upstream → response. Errors become responses only in [`error`].
+
+mod connect;
+pub mod error;
+mod forward;
+pub mod headers;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use tokio_util::task::TaskTracker;
+
+pub use error::ProxyError;
+
+use crate::config::Config;
+use crate::upstream::UpstreamClient;
+
+/// Boxed error for bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type used on both sides.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// Everything a config produces; swapped whole on reload.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub client: UpstreamClient,
+}
+
+/// Process-wide state shared by every connection.
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    /// Tracks connections and tunnels so shutdown can drain them.
+    pub tracker: TaskTracker,
+    /// Fires when shutdown starts.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// What the connection a request arrived on is.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// For requests inside an intercepted CONNECT: the CONNECT host and port, and the client
+    /// name and proxy password given on the CONNECT.
+    pub intercepted: Option<Intercepted>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Intercepted {
+    pub host: String,
+    pub port: u16,
+    pub client: String,
+}
+
+/// Serves one request: never fails, every error becomes a response.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let runtime = shared.runtime.load_full();
+    let result = if req.method() == Method::CONNECT && conn.intercepted.is_none() {
+        connect::handle(&shared, &runtime, &conn, req).await
+    } else {
+        forward::handle(&runtime, &conn, req).await
+    };
+    Ok(result.unwrap_or_else(|e| {
+        tracing::debug!(status = e.status().as_u16(), error = %e, "refused");
+        e.into_response()
+    }))
+}
+
+/// `host[:port]` split, with IPv6 brackets removed and the host lower-cased.
+pub fn split_authority(authority: &str, default_port: u16) -> Option<(String, u16)> {
+    let uri_auth: http::uri::Authority = authority.parse().ok()?;
+    if uri_auth.as_str().contains('@') {
+        return None;
+    }
+    let host = uri_auth
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    if host.is_empty() {
+        return None;
+    }
+    Some((host, uri_auth.port_u16().unwrap_or(default_port)))
+}
+
+/// Resolves once shutdown has started.
+pub async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+/// Records one outcome in `quota_proxy_requests_total`.
+pub fn count(provider: &str, outcome: &'static str) {
+    metrics::counter!("quota_proxy_requests_total", "provider" => provider.to_string(), "outcome" => outcome)
+        .increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities_split() {
+        assert_eq!(
+            split_authority("API.example.com:8443", 443),
+            Some(("api.example.com".into(), 8443))
+        );
+        assert_eq!(
+            split_authority("example.com", 80),
+            Some(("example.com".into(), 80))
+        );
+        assert_eq!(
+            split_authority("[::1]:9000", 80),
+            Some(("::1".into(), 9000))
+        );
+        assert_eq!(split_authority("user@example.com", 80), None);
+        assert_eq!(split_authority("", 80), None);
+        assert_eq!(split_authority("a b", 80), None);
+    }
+}

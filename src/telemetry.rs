@@ -1,0 +1,66 @@
+//! Logging (tracing; `QUOTA_PROXY_LOG`, `QUOTA_PROXY_LOG_FORMAT=json`) and the Prometheus
+//! recorder with the metric descriptions of SPEC §10.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global tracing subscriber (stderr). Safe to call once per process.
+pub fn init_logging() {
+    let filter =
+        EnvFilter::try_from_env("QUOTA_PROXY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let json =
+        std::env::var("QUOTA_PROXY_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    if let Err(e) = result {
+        eprintln!("logging was already initialised: {e}");
+    }
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0,
+];
+
+/// Installs the global Prometheus recorder and describes the metrics.
+pub fn init_metrics() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!("quota_proxy_requests_total", "Requests by provider and outcome (forwarded, delayed, rejected, upstream_429, upstream_error, tunneled, denied).");
+    describe_histogram!(
+        "quota_proxy_upstream_duration_seconds",
+        Unit::Seconds,
+        "Time from sending a request upstream to its response headers."
+    );
+    describe_counter!(
+        "quota_proxy_config_reloads_total",
+        "Config reloads by result (ok, error)."
+    );
+    describe_counter!(
+        "quota_proxy_connections_refused_total",
+        "Connections refused because max_connections was reached."
+    );
+    describe_counter!(
+        "quota_proxy_header_timeouts_total",
+        "Connections closed because the request head did not arrive within header_read_timeout."
+    );
+    describe_gauge!(
+        "quota_proxy_connections_open",
+        "Client connections currently open."
+    );
+}

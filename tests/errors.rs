@@ -1,0 +1,189 @@
+//! Responses the proxy makes itself: status, `x-quota-proxy: error` and the JSON error body.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use support::*;
+
+/// Parses a raw response text into a [`Resp`] (HTTP/1.1 with Content-Length).
+fn parse_raw(text: &str) -> Resp {
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no complete response head in {text:?}"));
+    let mut lines = head.lines();
+    let status = raw_status(text).unwrap_or_else(|| panic!("no status line in {text:?}"));
+    lines.next();
+    let mut headers = http::HeaderMap::new();
+    for line in lines {
+        let (k, v) = line.split_once(':').unwrap();
+        headers.append(
+            http::HeaderName::from_bytes(k.trim().as_bytes()).unwrap(),
+            v.trim().parse().unwrap(),
+        );
+    }
+    Resp {
+        status: http::StatusCode::from_u16(status).unwrap(),
+        version: http::Version::HTTP_11,
+        headers,
+        body: body.to_string().into(),
+    }
+}
+
+#[tokio::test]
+async fn malformed_request_line_is_400_json() {
+    let up = MockUpstream::plain(echo()).await;
+    let proxy = Proxy::start(&mock_config(&up).build());
+
+    for bad in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET  HTTP/1.1 extra\r\nHost: x\r\n\r\n",
+        b"GET http://[::1 HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let text = raw(proxy.proxy_addr, bad).await;
+        assert!(
+            !text.is_empty(),
+            "no response to {:?}",
+            String::from_utf8_lossy(bad)
+        );
+        assert_proxy_error(&parse_raw(&text), 400, "error");
+    }
+    assert_eq!(up.requests().len(), 0);
+}
+
+#[tokio::test]
+async fn absolute_uri_disagreeing_with_host_header_is_400() {
+    let up = MockUpstream::plain(echo()).await;
+    let proxy = Proxy::start(&mock_config(&up).build());
+
+    let resp = forward(
+        proxy.proxy_addr,
+        "GET",
+        &mock_url(&up, "/v1/x"),
+        &[("host", "evil.example.com")],
+        "",
+    )
+    .await;
+
+    assert_proxy_error(&resp, 400, "error");
+    assert_eq!(
+        up.requests().len(),
+        0,
+        "a mismatched request must not be forwarded"
+    );
+}
+
+#[tokio::test]
+async fn oversized_headers_are_431_and_headers_under_the_limit_pass() {
+    let up = MockUpstream::plain(echo()).await;
+    let proxy = Proxy::start(&mock_config(&up).proxy("max_header_bytes", "16384").build());
+
+    let small = "a".repeat(4_000);
+    let resp = forward(
+        proxy.proxy_addr,
+        "GET",
+        &mock_url(&up, "/v1/small"),
+        &[("x-small", &small)],
+        "",
+    )
+    .await;
+    assert_eq!(resp.status, 200, "a 4 KB header is within a 16 KiB limit");
+
+    let big = "b".repeat(40_000);
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {MOCK_HOST}:{}\r\nx-big: {big}\r\n\r\n",
+        mock_url(&up, "/v1/big"),
+        up.port()
+    );
+    let text = raw(proxy.proxy_addr, req.as_bytes()).await;
+    assert_proxy_error(&parse_raw(&text), 431, "error");
+    assert_eq!(
+        up.requests().len(),
+        1,
+        "only the small request reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_502() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let cfg = ConfigBuilder::new()
+        .resolve(MOCK_HOST, "127.0.0.1")
+        .simple_provider("mock", MOCK_HOST, &format!("http://{MOCK_HOST}:{closed}"))
+        .build();
+    let proxy = Proxy::start(&cfg);
+
+    let resp = forward(
+        proxy.proxy_addr,
+        "GET",
+        &format!("http://{MOCK_HOST}:{closed}/v1/x"),
+        &[],
+        "",
+    )
+    .await;
+    assert_proxy_error(&resp, 502, "error");
+    let resp = route(proxy.proxy_addr, "GET", "/mock/v1/x", &[], "").await;
+    assert_proxy_error(&resp, 502, "error");
+}
+
+#[tokio::test]
+async fn upstream_slower_than_upstream_timeout_is_504() {
+    let up = MockUpstream::plain(by_path(vec![("/v1/hang", hang())], echo())).await;
+    let proxy = Proxy::start(&mock_config(&up).proxy("upstream_timeout", "\"1s\"").build());
+
+    let resp = forward(proxy.proxy_addr, "GET", &mock_url(&up, "/v1/hang"), &[], "").await;
+
+    assert_proxy_error(&resp, 504, "error");
+    assert_eq!(up.requests().len(), 1, "the request did reach the upstream");
+    // The proxy still serves afterwards.
+    let resp = forward(proxy.proxy_addr, "GET", &mock_url(&up, "/v1/fast"), &[], "").await;
+    assert_eq!(resp.status, 200);
+}
+
+#[tokio::test]
+async fn tls_upstream_with_untrusted_certificate_is_502_and_nothing_is_sent() {
+    let trusted = TestCa::new("trusted test ca");
+    let wrong = TestCa::new("wrong test ca");
+    let up = MockUpstream::tls(echo(), &wrong.issue(&[MOCK_HOST])).await;
+    let cfg = ConfigBuilder::new()
+        .resolve(MOCK_HOST, "127.0.0.1")
+        .extra_roots(trusted.pem_path())
+        .simple_provider("mock", MOCK_HOST, &up.url_for(MOCK_HOST))
+        .build();
+    let proxy = Proxy::start(&cfg);
+
+    let resp = route(
+        proxy.proxy_addr,
+        "GET",
+        "/mock/v1/x",
+        &[("authorization", "Bearer app-secret")],
+        "",
+    )
+    .await;
+
+    assert_proxy_error(&resp, 502, "error");
+    assert_eq!(
+        up.requests().len(),
+        0,
+        "no request may be sent over an unverified connection"
+    );
+}
+
+#[tokio::test]
+async fn tls_upstream_with_certificate_for_another_name_is_502() {
+    let ca = TestCa::new("test ca");
+    let up = MockUpstream::tls(echo(), &ca.issue(&["somebody-else.test"])).await;
+    let cfg = ConfigBuilder::new()
+        .resolve(MOCK_HOST, "127.0.0.1")
+        .extra_roots(ca.pem_path())
+        .simple_provider("mock", MOCK_HOST, &up.url_for(MOCK_HOST))
+        .build();
+    let proxy = Proxy::start(&cfg);
+
+    let resp = route(proxy.proxy_addr, "GET", "/mock/v1/x", &[], "").await;
+
+    assert_proxy_error(&resp, 502, "error");
+    assert_eq!(up.requests().len(), 0);
+}

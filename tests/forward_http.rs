@@ -1,0 +1,332 @@
+//! Forward-proxy (absolute-form) and route-mode (origin-form) HTTP: what the upstream receives
+//! and what the client gets back.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use support::*;
+
+#[tokio::test]
+async fn absolute_form_get_reaches_upstream_with_path_query_and_host() {
+    let up = MockUpstream::plain(fixed(
+        203,
+        &[("x-upstream", "yes"), ("content-type", "application/json")],
+        "{\"ok\":true}",
+    ))
+    .await;
+    let proxy = Proxy::start(&mock_config(&up).build());
+
+    let resp = forward(
+        proxy.proxy_addr,
+        "GET",
+        &mock_url(&up, "/v1/x?q=1&b=two"),
+        &[("accept", "application/json")],
+        "",
+    )
+    .await;
+
+    assert_eq!(resp.status, 203, "{}", resp.text());
+    assert_eq!(resp.header("x-upstream"), Some("yes"));
+    assert_eq!(resp.header("content-type"), Some("application/json"));
+    assert_eq!(resp.text(), "{\"ok\":true}");
+    assert_eq!(
+        resp.header("x-quota-proxy"),
+        None,
+        "upstream responses are not marked as proxy-made"
+    );
+    let rec = up.single_request();
+    assert_eq!(rec.method, "GET");
+    assert_eq!(rec.path_and_query(), "/v1/x?q=1&b=two");
+    assert_eq!(
+        rec.uri.authority(),
+        None,
+        "upstream must get origin-form, got {}",
+        rec.uri
+    );
+    assert_eq!(
+        rec.header("host"),
+        Some(format!("{MOCK_HOST}:{}", up.port()).as_str())
+    );
+    assert_eq!(rec.header("accept"), Some("application/json"));
+}
+
+#[tokio::test]
+async fn post_body_is_forwarded_intact() {
+    let up = MockUpstream::plain(echo()).await;
+    let proxy = Proxy::start(&mock_config(&up).build());
+    // 1 MiB of non-repeating bytes, so truncation or reordering would show.
+    let body: Vec<u8> = (0..1_048_576u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+
+    let resp = forward(
+        proxy.proxy_addr,
+        "POST",
+        &mock_url(&up, "/v1/upload"),
+        &[("content-type", "application/octet-stream")],
+        body.clone(),
+    )
+    .await;
+
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("x-echo-method"), Some("POST"));
+    let rec = up.single_request();
+    assert_eq!(rec.body.len(), body.len());
+    assert!(
+        rec.body[..] == body[..],
+        "upstream received a different body"
+    );
+    assert!(
+        resp.body[..] == body[..],
+        "client received a different body"
+    );
+}
+
+#[tokio::test]
+async fn hop_by_hop_and_quota_request_headers_are_not_forwarded() {
+    let up = MockUpstream::plain(echo()).await;
+    let proxy = Proxy::start(&mock_config(&up).build());
+
+    let resp = forward(
+        proxy.proxy_addr,
+        "GET",
+        &mock_url(&up, "/v1/h"),
+        &[
+            ("connection", "keep-alive, x-named-hop"),
+            ("x-named-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic ZXVyb3BlOg=="),
+            ("te", "trailers"),
+            ("trailer", "x-trail"),
+            ("x-quota-client", "europe"),
+            ("x-quota-priority", "high"),
+            ("x-quota-max-delay", "5s"),
+            ("x-end-to-end", "kept"),
+        ],
+        "",
+    )
+    .await;
+
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let rec = up.single_request();
+    for name in [
+        "x-named-hop",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "x-quota-client",
+        "x-quota-priority",
+        "x-quota-max-delay",
+    ] {
+        assert!(
+            rec.headers.get(name).is_none(),
+            "{name} was forwarded upstream: {:?}",
+            rec.headers
+        );
+    }
+    if let Some(conn) = rec.header("connection") {
+        assert!(
+            !conn.to_ascii_lowercase().contains("x-named-hop"),
+            "Connection forwarded as {conn:?}"
+        );
+    }
+    assert_eq!(rec.header("x-end-to-end"), Some("kept"));
+}
+
+#[tokio::test]
+async fn upgrade_header_is_not_forwarded() {
+    let up = MockUpstream::plain(echo()).await;
+    let proxy = Proxy::start(&mock_config(&up).build());
+
+    let resp = forward(
+        proxy.proxy_addr,
+        "GET",
+        &mock_url(&up, "/v1/u"),
+        &[("upgrade", "foo/1")],
+        "",
+    )
+    .await;
+
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert!(up.single_request().headers.get("upgrade").is_none());
+}
+
+#[tokio::test]
+async fn hop_by_hop_response_headers_are_not_returned() {
+    let up = MockUpstream::plain(fixed(
+        200,
+        &[
+            ("connection", "x-resp-hop"),
+            ("x-resp-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "foo/1"),
+            ("x-end-to-end", "kept"),
+        ],
+        "body",
+    ))
+    .await;
+    let proxy = Proxy::start(&mock_config(&up).build());
+
+    let resp = forward(proxy.proxy_addr, "GET", &mock_url(&up, "/v1/r"), &[], "").await;
+
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "body");
+    for name in ["x-resp-hop", "keep-alive", "proxy-connection", "upgrade"] {
+        assert!(
+            resp.headers.get(name).is_none(),
+            "{name} returned to client: {:?}",
+            resp.headers
+        );
+    }
+    assert_eq!(resp.header("x-end-to-end"), Some("kept"));
+}
+
+#[tokio::test]
+async fn route_mode_strips_prefix_and_forwards_to_provider_upstream() {
+    let up = MockUpstream::plain(echo()).await;
+    let proxy = Proxy::start(&mock_config(&up).build());
+
+    let resp = route(
+        proxy.proxy_addr,
+        "POST",
+        "/mock/v1/x?q=1",
+        &[
+            ("content-type", "application/json"),
+            ("x-quota-client", "me"),
+        ],
+        "{\"m\":1}",
+    )
+    .await;
+
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.text(), "{\"m\":1}");
+    let rec = up.single_request();
+    assert_eq!(rec.method, "POST");
+    assert_eq!(rec.path_and_query(), "/v1/x?q=1");
+    assert_eq!(rec.body_text(), "{\"m\":1}");
+    assert_eq!(
+        rec.header("host"),
+        Some(format!("{MOCK_HOST}:{}", up.port()).as_str()),
+        "Host must be the upstream's authority"
+    );
+    assert!(rec.headers.get("x-quota-client").is_none());
+}
+
+#[tokio::test]
+async fn origin_form_path_matching_no_route_is_404_json() {
+    let up = MockUpstream::plain(echo()).await;
+    let proxy = Proxy::start(&mock_config(&up).build());
+
+    let resp = route(proxy.proxy_addr, "GET", "/nothing/here", &[], "").await;
+
+    assert_proxy_error(&resp, 404, "error");
+    // A path that merely shares the prefix's letters is not under the route either.
+    let resp = route(proxy.proxy_addr, "GET", "/mockery/v1", &[], "").await;
+    assert_proxy_error(&resp, 404, "error");
+    assert_eq!(up.requests().len(), 0, "nothing may reach the upstream");
+}
+
+#[tokio::test]
+async fn route_mode_to_tls_upstream_verifies_with_extra_roots() {
+    let ca = TestCa::new("upstream test ca");
+    let up = MockUpstream::tls(
+        fixed(200, &[("x-tls", "1")], "secure"),
+        &ca.issue(&[MOCK_HOST]),
+    )
+    .await;
+    let cfg = ConfigBuilder::new()
+        .resolve(MOCK_HOST, "127.0.0.1")
+        .extra_roots(ca.pem_path())
+        .simple_provider("mock", MOCK_HOST, &up.url_for(MOCK_HOST))
+        .build();
+    let proxy = Proxy::start(&cfg);
+
+    let resp = route(proxy.proxy_addr, "GET", "/mock/v1/secure?x=1", &[], "").await;
+
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.text(), "secure");
+    let rec = up.single_request();
+    assert!(rec.tls);
+    assert_eq!(rec.sni.as_deref(), Some(MOCK_HOST));
+    assert_eq!(rec.path_and_query(), "/v1/secure?x=1");
+}
+
+#[tokio::test]
+async fn unmatched_plain_http_is_passed_through_when_private_destinations_allowed() {
+    let up = MockUpstream::plain(echo()).await;
+    let other = MockUpstream::plain(fixed(200, &[], "other")).await;
+    let cfg = mock_config(&up)
+        .proxy("unmatched", "\"tunnel\"")
+        .proxy("allow_private_destinations", "true")
+        .build();
+    let proxy = Proxy::start(&cfg);
+
+    let resp = forward(
+        proxy.proxy_addr,
+        "GET",
+        &format!("{}/free?a=1", other.url()),
+        &[("x-quota-client", "c")],
+        "",
+    )
+    .await;
+
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.text(), "other");
+    let rec = other.single_request();
+    assert_eq!(rec.path_and_query(), "/free?a=1");
+    assert!(rec.headers.get("x-quota-client").is_none());
+    assert_eq!(up.requests().len(), 0);
+}
+
+#[tokio::test]
+async fn unmatched_plain_http_to_private_destination_is_403() {
+    let up = MockUpstream::plain(echo()).await;
+    let other = MockUpstream::plain(fixed(200, &[], "other")).await;
+    let cfg = mock_config(&up)
+        .proxy("unmatched", "\"tunnel\"")
+        .proxy("allow_private_destinations", "false")
+        .build();
+    let proxy = Proxy::start(&cfg);
+
+    let resp = forward(
+        proxy.proxy_addr,
+        "GET",
+        &format!("{}/private", other.url()),
+        &[],
+        "",
+    )
+    .await;
+
+    assert_proxy_error(&resp, 403, "error");
+    other.assert_no_connection_made().await;
+}
+
+#[tokio::test]
+async fn unmatched_plain_http_is_403_in_deny_mode() {
+    let up = MockUpstream::plain(echo()).await;
+    let other = MockUpstream::plain(fixed(200, &[], "other")).await;
+    let cfg = mock_config(&up)
+        .proxy("unmatched", "\"deny\"")
+        .proxy("allow_private_destinations", "true")
+        .build();
+    let proxy = Proxy::start(&cfg);
+
+    let resp = forward(
+        proxy.proxy_addr,
+        "GET",
+        &format!("{}/denied", other.url()),
+        &[],
+        "",
+    )
+    .await;
+
+    assert_proxy_error(&resp, 403, "error");
+    other.assert_no_connection_made().await;
+    // The provider's own host is still served.
+    let resp = forward(proxy.proxy_addr, "GET", &mock_url(&up, "/v1/ok"), &[], "").await;
+    assert_eq!(resp.status, 200);
+}

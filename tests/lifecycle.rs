@@ -1,0 +1,114 @@
+//! Process lifecycle: graceful drain on SIGTERM/SIGINT.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::*;
+
+/// True once the proxy no longer takes new work: the connect is refused, or a request on a new
+/// connection gets a 503 or an immediate close.
+async fn refuses_new_connections(proxy_addr: SocketAddr, url: &str) -> bool {
+    let Ok(stream) = tokio::net::TcpStream::connect(proxy_addr).await else {
+        return true;
+    };
+    let req = build_request("GET", url, &[], "");
+    match tokio::time::timeout(Duration::from_secs(2), send_h1(stream, req)).await {
+        Ok(Ok(resp)) => resp.status == 503,
+        Ok(Err(_)) => true, // closed without a response
+        Err(_) => false,    // accepted but left hanging: not a refusal
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_request_refuses_new_ones_and_exits_0() {
+    let (h, gate) = gated(fixed(200, &[], "finished"));
+    let up = MockUpstream::plain(by_path(vec![("/v1/slow", h)], echo())).await;
+    let mut proxy = Proxy::start(&mock_config(&up).proxy("drain_timeout", "\"10s\"").build());
+    let addr = proxy.proxy_addr;
+    let slow_url = mock_url(&up, "/v1/slow");
+
+    let in_flight = tokio::spawn(async move { try_forward(addr, "GET", &slow_url, &[], "").await });
+    up.wait_requests(1, Duration::from_secs(5)).await;
+
+    proxy.signal("TERM");
+    let probe_url = mock_url(&up, "/v1/probe");
+    eventually(
+        "new connections refused after SIGTERM",
+        Duration::from_secs(5),
+        || async {
+            refuses_new_connections(addr, &probe_url)
+                .await
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        !in_flight.is_finished(),
+        "the in-flight request ended before its upstream answered"
+    );
+    assert_eq!(proxy.try_exit(), None, "exited with a request in flight");
+
+    gate.open();
+    let resp = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request completes during drain");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "finished");
+
+    let status = proxy
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .expect("proxy exits after draining");
+    assert_eq!(status.code(), Some(0), "exit status {status:?}");
+    assert_eq!(
+        up.requests()
+            .iter()
+            .filter(|r| r.uri.path() == "/v1/probe")
+            .count(),
+        0,
+        "a request after SIGTERM was forwarded"
+    );
+}
+
+#[tokio::test]
+async fn sigint_with_nothing_in_flight_exits_0() {
+    let up = MockUpstream::plain(echo()).await;
+    let mut proxy = Proxy::start(&mock_config(&up).build());
+    assert_eq!(
+        forward(proxy.proxy_addr, "GET", &mock_url(&up, "/v1/x"), &[], "")
+            .await
+            .status,
+        200
+    );
+
+    proxy.signal("INT");
+
+    let status = proxy
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .expect("proxy exits on SIGINT");
+    assert_eq!(status.code(), Some(0), "exit status {status:?}");
+}
+
+#[tokio::test]
+async fn drain_timeout_bounds_the_wait_for_a_stuck_request() {
+    let up = MockUpstream::plain(hang()).await;
+    let mut proxy = Proxy::start(&mock_config(&up).proxy("drain_timeout", "\"1s\"").build());
+    let addr = proxy.proxy_addr;
+    let url = mock_url(&up, "/v1/stuck");
+    let _in_flight = tokio::spawn(async move { try_forward(addr, "GET", &url, &[], "").await });
+    up.wait_requests(1, Duration::from_secs(5)).await;
+
+    proxy.signal("TERM");
+
+    // Generous bound: drain_timeout (1 s) plus shutdown work.
+    let status = proxy
+        .wait_exit(Duration::from_secs(8))
+        .await
+        .expect("proxy exits once drain_timeout passes");
+    assert!(status.code().is_some(), "exited by a signal: {status:?}");
+}
