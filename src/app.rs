@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config};
 use crate::proxy::{Runtime, Shared};
+use crate::tls::{self, CaFiles, CertificateAuthority, LeafCache};
 use crate::upstream::{self, UpstreamSetupError};
 
 /// Errors that stop the proxy from starting.
@@ -22,15 +23,46 @@ pub enum AppError {
     Config(#[from] config::ConfigError),
     #[error(transparent)]
     Upstream(#[from] UpstreamSetupError),
+    #[error("TLS interception CA: {0}")]
+    Ca(#[from] tls::CaError),
 }
 
 /// Builds everything a config produces.
 pub fn build_runtime(config: Config) -> Result<Runtime, AppError> {
     let client = upstream::build_client(&config)?;
+    let leaves = if config.intercepts() {
+        Some(Arc::new(load_or_create_ca(&config)?))
+    } else {
+        None
+    };
     Ok(Runtime {
         config: Arc::new(config),
         client,
+        leaves,
     })
+}
+
+/// Loads the CA for interception, creating it on first run (and saying how to trust it).
+fn load_or_create_ca(config: &Config) -> Result<LeafCache, AppError> {
+    let files = CaFiles {
+        cert: config.tls.ca_cert.clone(),
+        key: config.tls.ca_key.clone(),
+    };
+    if !files.cert.exists() && !files.key.exists() {
+        tls::create(&files, false, &[])?;
+        tracing::info!(path = %files.cert.display(), "created a local CA for TLS interception");
+        eprintln!(
+            "created a local CA at {} for TLS interception.\n{}",
+            files.cert.display(),
+            tls::trust_instructions(&files.cert)
+        );
+    }
+    let ca = CertificateAuthority::load(&files.cert, &files.key)?;
+    Ok(LeafCache::new(
+        Arc::new(ca),
+        config.tls.leaf_cache_size,
+        config.tls.leaf_cache_ttl,
+    ))
 }
 
 /// Reloads the config file and swaps the runtime whole, or keeps the old one.

@@ -17,6 +17,7 @@
 //! - [`upstream`]: the pooled, verifying upstream client.
 //! - [`admin`]: health, readiness, metrics and reload endpoints.
 //! - [`app`]: wiring, reload and graceful drain.
+//! - [`tls`]: the local CA, leaf certificates and their cache (interception).
 //! - [`telemetry`]: logging and the metrics recorder.
 
 pub mod admin;
@@ -26,4 +27,5 @@ pub mod listener;
 pub mod policy;
 pub mod proxy;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

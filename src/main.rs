@@ -32,6 +32,33 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Manage the local CA used for TLS interception.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create ca.crt and ca.key (ECDSA P-256, key mode 0600).
+    Init {
+        /// Folder for ca.crt and ca.key.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Replace an existing CA.
+        #[arg(long)]
+        force: bool,
+        /// Limit the CA to the hosts of intercepting providers in this config (X.509 name
+        /// constraints), so a leaked CA key cannot mint certificates for anything else.
+        #[arg(long, value_name = "CONFIG", num_args = 0..=1, default_missing_value = "config/quota-proxy.toml")]
+        constrain: Option<PathBuf>,
+    },
+    /// Print the CA's path, subject, fingerprint, expiry and how to trust it.
+    Show {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+    },
 }
 
 fn config_path(flag: Option<PathBuf>) -> PathBuf {
@@ -43,6 +70,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config_path(config)),
+        Command::Ca { command } => match ca(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("quota-proxy: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run { config } => {
             quota_proxy::telemetry::init_logging();
             match run(config_path(config)) {
@@ -68,6 +102,57 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn ca(command: CaCommand) -> anyhow::Result<()> {
+    use quota_proxy::tls;
+    match command {
+        CaCommand::Init {
+            dir,
+            force,
+            constrain,
+        } => {
+            let files = tls::CaFiles {
+                cert: dir.join("ca.crt"),
+                key: dir.join("ca.key"),
+            };
+            let hosts = match constrain {
+                Some(path) => {
+                    let cfg = config::load(&path)?;
+                    let hosts: Vec<String> = cfg
+                        .providers
+                        .iter()
+                        .filter(|p| p.intercept)
+                        .flat_map(|p| {
+                            p.hosts
+                                .iter()
+                                .map(|h| h.to_string().trim_start_matches('*').to_string())
+                        })
+                        .map(|h| h.split(':').next().unwrap_or_default().to_string())
+                        .collect();
+                    anyhow::ensure!(
+                        !hosts.is_empty(),
+                        "{}: no provider has intercept = true",
+                        path.display()
+                    );
+                    hosts
+                }
+                None => Vec::new(),
+            };
+            tls::create(&files, force, &hosts)?;
+            println!(
+                "created {} and {} (mode 0600)",
+                files.cert.display(),
+                files.key.display()
+            );
+            if !hosts.is_empty() {
+                println!("constrained to: {}", hosts.join(", "));
+            }
+            print!("\n{}", tls::describe(&files.cert)?);
+        }
+        CaCommand::Show { dir } => print!("{}", tls::describe(&dir.join("ca.crt"))?),
+    }
+    Ok(())
 }
 
 fn run(path: PathBuf) -> anyhow::Result<()> {

@@ -9,7 +9,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use super::{count, error, headers, split_authority, Body, ConnInfo, ProxyError, Runtime, Shared};
+use super::{
+    count, error, headers, split_authority, Body, ConnInfo, Intercepted, ProxyError, Runtime,
+    Shared,
+};
 use crate::config::Unmatched;
 use crate::policy;
 
@@ -55,6 +58,34 @@ pub async fn handle(
             )));
         }
     }
+    if let Some(p) = provider.as_ref().filter(|p| p.intercept) {
+        let Some(leaves) = runtime.leaves.clone() else {
+            return Err(ProxyError::Unavailable(
+                "interception is configured but no CA is loaded".into(),
+            ));
+        };
+        let icpt = Intercepted {
+            host: host.clone(),
+            port,
+            client: hints.client.clone(),
+            tls: true,
+        };
+        let (shared2, peer) = (shared.clone(), conn.peer);
+        let span = tracing::debug_span!("intercept", %host, port, provider = %p.name);
+        shared.tracker.spawn(
+            async move {
+                match hyper::upgrade::on(req).await {
+                    Ok(upgraded) => {
+                        super::intercept::serve(TokioIo::new(upgraded), peer, icpt, leaves, shared2)
+                            .await
+                    }
+                    Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+                }
+            }
+            .instrument(span),
+        );
+        return Ok(ok_response());
+    }
     let check_private = provider.is_none() && !config.proxy.allow_private_destinations;
     let upstream = super::forward::connect_tcp(config, &host, port, check_private).await?;
     count(&label, "tunneled");
@@ -68,9 +99,13 @@ pub async fn handle(
         }
         .instrument(span),
     );
+    Ok(ok_response())
+}
+
+fn ok_response() -> Response<Body> {
     let mut resp = Response::new(error::empty());
     *resp.status_mut() = StatusCode::OK;
-    Ok(resp)
+    resp
 }
 
 async fn tunnel(mut client: TokioIo<hyper::upgrade::Upgraded>, mut upstream: TcpStream) {

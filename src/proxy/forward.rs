@@ -47,8 +47,19 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     let config = &runtime.config;
-    let hints = headers::take_caller_hints(req.headers_mut()).map_err(ProxyError::BadRequest)?;
+    let mut hints =
+        headers::take_caller_hints(req.headers_mut()).map_err(ProxyError::BadRequest)?;
     check_proxy_auth(config, &hints, conn)?;
+    if let Some(icpt) = &conn.intercepted {
+        if req.method() == http::Method::CONNECT {
+            return Err(ProxyError::BadRequest(
+                "CONNECT inside an intercepted tunnel is not supported".into(),
+            ));
+        }
+        if !req.headers().contains_key(headers::CLIENT_HEADER) && hints.client == "anonymous" {
+            hints.client = icpt.client.clone();
+        }
+    }
     let mut dest = destination(config, conn, &req)?;
     let label = dest
         .provider
@@ -174,7 +185,7 @@ fn destination(
             }
         }
         return Ok(Destination {
-            https: true,
+            https: icpt.tls,
             host: icpt.host.clone(),
             port: icpt.port,
             provider: policy::match_host(config, &icpt.host, icpt.port).cloned(),

@@ -8,6 +8,7 @@ mod connect;
 pub mod error;
 mod forward;
 pub mod headers;
+mod intercept;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -33,6 +34,8 @@ pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 pub struct Runtime {
     pub config: Arc<Config>,
     pub client: UpstreamClient,
+    /// Leaf certificates for intercepted hosts; present when a provider intercepts.
+    pub leaves: Option<Arc<crate::tls::LeafCache>>,
 }
 
 /// Process-wide state shared by every connection.
@@ -57,7 +60,11 @@ pub struct ConnInfo {
 pub struct Intercepted {
     pub host: String,
     pub port: u16,
+    /// The client named on the CONNECT (header or proxy user), used when inner requests
+    /// name none.
     pub client: String,
+    /// Whether the tunnel carries TLS (terminated here) or plain HTTP.
+    pub tls: bool,
 }
 
 /// Serves one request: never fails, every error becomes a response.
