@@ -23,6 +23,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod keys;
 pub mod listener;
 pub mod policy;
 pub mod proxy;
