@@ -73,6 +73,10 @@ pub fn check_head(buf: &[u8], max_header_bytes: usize) -> Sniff {
     if len > max_header_bytes {
         return Sniff::Invalid(ProxyError::HeadersTooLarge(max_header_bytes));
     }
+    let target = req.path.unwrap_or("");
+    if http::Uri::try_from(target).is_err() {
+        return bad("malformed request target (URI)");
+    }
     let mut content_length: Option<&[u8]> = None;
     let mut chunked = false;
     let mut hosts = 0;
