@@ -26,6 +26,7 @@ pub mod config;
 pub mod keys;
 pub mod listener;
 pub mod policy;
+pub mod signals;
 pub mod proxy;
 pub mod telemetry;
 pub mod tls;

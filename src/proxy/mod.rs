@@ -4,6 +4,7 @@
 //! `handle` → classify (CONNECT / absolute-form / route / intercepted) → [`forward`]:
 //! caller hints → policy → upstream → response. Errors become responses only in [`error`].
 
+mod body;
 mod connect;
 pub mod error;
 mod forward;
