@@ -169,6 +169,12 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {} (admin.listen)", cfg.admin.listen))?;
         let metrics = quota_proxy::telemetry::init_metrics().map_err(anyhow::Error::msg)?;
         let (proxy_addr, admin_addr) = (proxy.local_addr()?, admin.local_addr()?);
+        // Every signal handler exists before the ready line: a signal right after it must
+        // never take its default action.
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
         tracing::info!(proxy = %proxy_addr, admin = %admin_addr, providers = cfg.providers.len(), "listening");
         // One machine-readable line on stdout, for scripts and tests that bind port 0.
         let mut out = std::io::stdout();
@@ -176,7 +182,6 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         out.flush()?;
 
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading the config");
@@ -185,11 +190,10 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
                 }
             }
         });
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let shutdown = async move {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
             }
         };
         quota_proxy::app::run(cfg, proxy, admin, Some(metrics), shutdown, reload_rx).await?;

@@ -114,14 +114,34 @@ impl TestCa {
 
     /// A rustls client config trusting only this CA, offering `alpn` protocols.
     pub fn client_config(&self, alpn: &[&str]) -> Arc<rustls::ClientConfig> {
-        let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_root_certificates(self.root_store())
-            .with_no_client_auth();
-        cfg.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-        Arc::new(cfg)
+        client_config_for_roots(self.root_store(), alpn)
     }
+}
+
+/// A rustls client config trusting only `roots`, offering `alpn` protocols.
+pub fn client_config_for_roots(
+    roots: rustls::RootCertStore,
+    alpn: &[&str],
+) -> Arc<rustls::ClientConfig> {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Arc::new(cfg)
+}
+
+/// A root store holding every certificate in the PEM file at `path` (e.g. the proxy's own CA).
+pub fn roots_from_pem_file(path: &Path) -> rustls::RootCertStore {
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.expect("PEM certificate")).expect("add root");
+    }
+    assert!(!roots.is_empty(), "no certificate in {}", path.display());
+    roots
 }
 
 /// A rustls server config presenting `leaf`, offering `alpn` protocols in order.

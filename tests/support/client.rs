@@ -417,7 +417,19 @@ pub async fn tls_connect<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let connector = tokio_rustls::TlsConnector::from(ca.client_config(alpn));
+    tls_connect_config(io, ca.client_config(alpn), server_name).await
+}
+
+/// Starts TLS over `io` to `server_name` with a given client config (see [`super::ca`]).
+pub async fn tls_connect_config<I>(
+    io: I,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    server_name: &str,
+) -> Result<TlsStream<I>, std::io::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let connector = tokio_rustls::TlsConnector::from(config);
     let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     tokio::time::timeout(IO_TIMEOUT, connector.connect(name, io))

@@ -16,7 +16,7 @@ pub mod proxy;
 pub mod upstream;
 pub mod wait;
 
-pub use ca::TestCa;
+pub use ca::{client_config_for_roots, roots_from_pem_file, TestCa};
 pub use client::*;
 pub use config::{toml_str, ConfigBuilder};
 pub use handlers::*;

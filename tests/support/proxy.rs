@@ -252,12 +252,12 @@ pub fn run_cli(args: &[&str], cwd: &Path) -> Output {
     };
     let out = read_all(Box::new(child.stdout.take().expect("stdout")));
     let err = read_all(Box::new(child.stderr.take().expect("stderr")));
-    let deadline = std::time::Instant::now() + CLI_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + CLI_TIMEOUT;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for cli") {
             break status;
         }
-        if std::time::Instant::now() >= deadline {
+        if tokio::time::Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
             let (o, e) = (

@@ -1,0 +1,200 @@
+//! CONNECT to a provider host with `intercept = true`: the proxy terminates TLS with a leaf from
+//! its own CA (created on first run), serves the inner HTTP/1.1 or h2 requests through the same
+//! pipeline, and re-originates verified TLS to the upstream.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use support::*;
+
+struct Setup {
+    upstream_ca: TestCa,
+    up: MockUpstream,
+    proxy: Proxy,
+}
+
+impl Setup {
+    async fn new(handler: Handler) -> Setup {
+        let upstream_ca = TestCa::new("upstream test ca");
+        let up = MockUpstream::tls(handler, &upstream_ca.issue(&[MOCK_HOST])).await;
+        let cfg = ConfigBuilder::new()
+            .resolve(MOCK_HOST, "127.0.0.1")
+            .extra_roots(upstream_ca.pem_path())
+            .provider(
+                "mock",
+                &[
+                    ("hosts", &format!("[{}]", toml_str(MOCK_HOST))),
+                    ("intercept", "true"),
+                    ("route", "\"/mock\""),
+                    ("upstream", &toml_str(&up.url_for(MOCK_HOST))),
+                ],
+            )
+            .build();
+        let proxy = Proxy::start(&cfg);
+        Setup {
+            upstream_ca,
+            up,
+            proxy,
+        }
+    }
+
+    fn authority(&self) -> String {
+        format!("{MOCK_HOST}:{}", self.up.port())
+    }
+
+    /// A client config trusting only the CA the proxy created in its working directory.
+    fn trust_proxy_ca(&self, alpn: &[&str]) -> Arc<rustls::ClientConfig> {
+        let path = self.proxy.dir().join("certs/ca.crt");
+        client_config_for_roots(roots_from_pem_file(&path), alpn)
+    }
+}
+
+#[tokio::test]
+async fn intercepted_h2_and_h1_requests_reach_the_upstream_over_verified_tls() {
+    let s = Setup::new(echo()).await;
+
+    // h2 inside the tunnel.
+    let tunnel = connect_tunnel(s.proxy.proxy_addr, &s.authority())
+        .await
+        .unwrap();
+    let tls = tls_connect_config(tunnel, s.trust_proxy_ca(&["h2", "http/1.1"]), MOCK_HOST)
+        .await
+        .expect("TLS with the proxy's leaf");
+    assert_eq!(negotiated_alpn(&tls).as_deref(), Some("h2"));
+    let req = build_request(
+        "POST",
+        &format!("https://{}/v1/inner?q=1", s.authority()),
+        &[("x-quota-client", "team-a")],
+        "inner body",
+    );
+    let resp = send_h2(tls, req).await.unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.text(), "inner body");
+
+    // HTTP/1.1 inside the tunnel.
+    let tunnel = connect_tunnel(s.proxy.proxy_addr, &s.authority())
+        .await
+        .unwrap();
+    let tls = tls_connect_config(tunnel, s.trust_proxy_ca(&["http/1.1"]), MOCK_HOST)
+        .await
+        .expect("TLS with the proxy's leaf");
+    let req = build_request(
+        "GET",
+        "/v1/h1",
+        &[
+            ("host", &s.authority()),
+            ("proxy-authorization", "Basic ZXVyb3BlOg=="),
+        ],
+        Bytes::new(),
+    );
+    let resp = send_h1(tls, req).await.unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+
+    let recs = s.up.requests();
+    assert_eq!(recs.len(), 2);
+    assert!(
+        recs.iter()
+            .all(|r| r.tls && r.sni.as_deref() == Some(MOCK_HOST)),
+        "upstream TLS re-originated to {MOCK_HOST}"
+    );
+    assert_eq!(recs[0].path_and_query(), "/v1/inner?q=1");
+    assert_eq!(recs[0].body_text(), "inner body");
+    assert!(
+        recs[0].headers.get("x-quota-client").is_none(),
+        "{:?}",
+        recs[0].headers
+    );
+    assert_eq!(recs[1].path_and_query(), "/v1/h1");
+    assert!(
+        recs[1].headers.get("proxy-authorization").is_none(),
+        "{:?}",
+        recs[1].headers
+    );
+}
+
+#[tokio::test]
+async fn intercepted_tunnel_is_not_the_upstreams_certificate() {
+    let s = Setup::new(echo()).await;
+
+    // A client trusting only the upstream's CA fails: the proxy, not the upstream, answers TLS.
+    let tunnel = connect_tunnel(s.proxy.proxy_addr, &s.authority())
+        .await
+        .unwrap();
+    let res = tls_connect(tunnel, &s.upstream_ca, MOCK_HOST, &["http/1.1"]).await;
+    assert!(
+        res.is_err(),
+        "the upstream's own certificate reached the client through an intercepted tunnel"
+    );
+    assert_eq!(s.up.requests().len(), 0);
+}
+
+#[tokio::test]
+async fn intercepted_request_for_another_host_is_421() {
+    let s = Setup::new(echo()).await;
+
+    let tunnel = connect_tunnel(s.proxy.proxy_addr, &s.authority())
+        .await
+        .unwrap();
+    let tls = tls_connect_config(tunnel, s.trust_proxy_ca(&["http/1.1"]), MOCK_HOST)
+        .await
+        .unwrap();
+    let req = build_request(
+        "GET",
+        "/v1/x",
+        &[("host", "evil.example.com")],
+        Bytes::new(),
+    );
+    let resp = send_h1(tls, req).await.unwrap();
+
+    assert_proxy_error(&resp, 421, "error");
+    assert_eq!(s.up.requests().len(), 0);
+}
+
+#[tokio::test]
+async fn intercepted_tls_with_sni_for_another_host_is_refused() {
+    let s = Setup::new(echo()).await;
+
+    let tunnel = connect_tunnel(s.proxy.proxy_addr, &s.authority())
+        .await
+        .unwrap();
+    let res = tls_connect_config(tunnel, s.trust_proxy_ca(&["http/1.1"]), "evil.example.com").await;
+
+    assert!(
+        res.is_err(),
+        "a TLS session for another name was accepted inside a tunnel to {MOCK_HOST}"
+    );
+    assert_eq!(s.up.requests().len(), 0);
+}
+
+#[tokio::test]
+async fn intercepted_upstream_with_untrusted_certificate_is_502() {
+    let wrong = TestCa::new("wrong test ca");
+    let s = Setup::new(echo()).await;
+    // Same name, but the upstream now presents a certificate from a CA the proxy does not trust.
+    let bad_up = MockUpstream::tls(echo(), &wrong.issue(&[MOCK_HOST])).await;
+    let authority = format!("{MOCK_HOST}:{}", bad_up.port());
+
+    let tunnel = connect_tunnel(s.proxy.proxy_addr, &authority)
+        .await
+        .unwrap();
+    let tls = tls_connect_config(tunnel, s.trust_proxy_ca(&["http/1.1"]), MOCK_HOST)
+        .await
+        .unwrap();
+    let req = build_request(
+        "GET",
+        "/v1/x",
+        &[("host", &authority), ("authorization", "Bearer app-secret")],
+        Bytes::new(),
+    );
+    let resp = send_h1(tls, req).await.unwrap();
+
+    assert_proxy_error(&resp, 502, "error");
+    assert_eq!(
+        bad_up.requests().len(),
+        0,
+        "nothing may be sent over an unverified connection"
+    );
+}
