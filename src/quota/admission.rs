@@ -1,0 +1,279 @@
+//! The admission decision (pure): does a call fit EVERY applicable limit now? If so reserve
+//! its estimate in all of them at once; if not, say when all would fit, or that one never
+//! will.
+
+use crate::quota::clock::Micros;
+use crate::quota::fit::Fit;
+use crate::quota::priority::Priority;
+use crate::quota::reservation::{Item, Reservation, NO_GROUP};
+use crate::quota::shares::ShareFit;
+use crate::quota::spec::Scope;
+use crate::quota::state::{Entry, ProviderState, Slot};
+use crate::quota::unit::Costs;
+use crate::quota::verdict::{Admission, TooLarge, Verdict, Wait, WarnEvent};
+
+/// One call asking to be admitted.
+#[derive(Debug, Clone, Copy)]
+pub struct Demand<'a> {
+    /// Client id (scope `client`, share groups).
+    pub client: &'a str,
+    /// Key id (scope `key`); key-scope limits are skipped when `None`.
+    pub key: Option<&'a str>,
+    /// Account (scope `account`); account-scope limits are skipped when `None`.
+    pub account: Option<&'a str>,
+    /// Priority (reserves).
+    pub priority: Priority,
+    /// Estimated costs.
+    pub costs: Costs,
+}
+
+impl<'a> Demand<'a> {
+    /// A normal-priority demand of `client` with no key or account.
+    pub fn new(client: &'a str, costs: Costs) -> Self {
+        Self {
+            client,
+            key: None,
+            account: None,
+            priority: Priority::Normal,
+            costs,
+        }
+    }
+
+    /// Builder: sets the key id.
+    pub fn with_key(mut self, key: &'a str) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Builder: sets the account.
+    pub fn with_account(mut self, account: &'a str) -> Self {
+        self.account = Some(account);
+        self
+    }
+
+    /// Builder: sets the priority.
+    pub fn with_priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+}
+
+/// Warnings kept for [`ProviderState::take_warnings`] before new ones are dropped.
+const MAX_PENDING_WARNINGS: usize = 1024;
+
+/// The scope id a limit counts this demand under, or `None` when it does not apply.
+#[inline]
+fn scope_id<'d>(e: &Entry, d: &Demand<'d>) -> Option<&'d str> {
+    match e.spec.scope {
+        Scope::Provider => Some(""),
+        Scope::Account => d.account,
+        Scope::Client => Some(d.client),
+        Scope::Key => {
+            let key = d.key?;
+            let applies = match &e.only_key {
+                Some(only) => **only == *key,
+                None => !e.except_keys.iter().any(|k| **k == *key),
+            };
+            applies.then_some(key)
+        }
+    }
+}
+
+/// Reports a first crossing of `warn_at` in this window; re-arms below it.
+pub(crate) fn check_warn(e: &Entry, s: &mut Slot, out: &mut Vec<WarnEvent>, now: Micros) {
+    let Some(fraction) = e.spec.warn_at else {
+        return;
+    };
+    let amount = s.meter.capacity(e.spec.amount);
+    let used = s.meter.used(now);
+    let period = s.meter.period_start().unwrap_or(0);
+    if used > 0.0 && used >= fraction * amount {
+        if s.warned != Some(period) {
+            s.warned = Some(period);
+            if out.len() >= MAX_PENDING_WARNINGS {
+                return;
+            }
+            out.push(WarnEvent {
+                limit: e.spec.name.clone(),
+                scope: e.spec.scope,
+                scope_id: s.scope_id.to_string(),
+                used,
+                amount,
+                warn_at: fraction,
+            });
+        }
+    } else {
+        s.warned = None;
+    }
+}
+
+impl ProviderState {
+    /// Admits `demand` at `now` if every applicable limit has room, reserving its estimate
+    /// in all of them (all or nothing); otherwise reserves nothing and says when it would
+    /// fit or that it never will. In shadow mode the call is always admitted and counted,
+    /// and the would-be refusal is kept in [`Reservation::shadow_verdict`].
+    pub fn try_admit(&mut self, demand: &Demand<'_>, now: Micros) -> Admission {
+        let mut items = self.take_items();
+        let verdict = self.decide(demand, now, &mut items);
+        let shadow_verdict = match verdict {
+            None => None,
+            Some(v) if self.spec.shadow => Some(Box::new(v)),
+            Some(v) => {
+                self.recycle(items);
+                return match v {
+                    Verdict::Wait(w) => Admission::Wait(w),
+                    Verdict::TooLarge(t) => Admission::TooLarge(t),
+                };
+            }
+        };
+        self.apply(&mut items, now);
+        let mut res = Reservation::new(self.id, self.generation, items, demand.costs, now);
+        res.shadow_verdict = shadow_verdict;
+        Admission::Admitted(res)
+    }
+
+    /// The decision `try_admit` would take, reserving nothing (even in shadow mode):
+    /// `None` when the call fits now. Useful to pick a key that has room.
+    pub fn check(&mut self, demand: &Demand<'_>, now: Micros) -> Option<Verdict> {
+        let mut items = self.take_items();
+        let verdict = self.decide(demand, now, &mut items);
+        self.recycle(items);
+        verdict
+    }
+
+    /// Fills `items` with every applicable limit+scope and its cost; returns the refusal,
+    /// if any. Counts nothing.
+    fn decide(&mut self, d: &Demand<'_>, now: Micros, items: &mut Vec<Item>) -> Option<Verdict> {
+        let group = self.shares.as_ref().map(|t| t.group_of(d.client));
+        let mut latest: Option<(Micros, usize)> = None;
+        let mut release: Option<usize> = None;
+        let mut never: Option<(usize, f64, f64)> = None;
+        for ei in 0..self.entries.len() {
+            let Some(sid) = scope_id(&self.entries[ei], d) else {
+                continue;
+            };
+            let cost = d.costs.get(self.entries[ei].spec.unit);
+            if cost <= 0.0 {
+                continue;
+            }
+            let slot = self.slot_for(ei, sid) as usize;
+            let (fit, cap) = self.fit_slot(ei, slot, group, cost, d.priority, now);
+            match fit {
+                Fit::Now => {}
+                Fit::At(t) => {
+                    if latest.is_none_or(|(u, _)| t > u) {
+                        latest = Some((t, slot));
+                    }
+                }
+                Fit::OnRelease => release = release.or(Some(slot)),
+                Fit::Never => never = never.or(Some((slot, cost, cap))),
+            }
+            let shared = self.entries[ei].shared;
+            items.push(Item {
+                slot: slot as u32,
+                cost,
+                tag: 0,
+                group: match group {
+                    Some(g) if shared => g as u32,
+                    _ => NO_GROUP,
+                },
+            });
+        }
+        if let Some((slot, cost, cap)) = never {
+            let (limit, scope, scope_id) = self.describe(slot);
+            let amount = self.amount_of(slot);
+            return Some(Verdict::TooLarge(TooLarge {
+                limit,
+                scope,
+                scope_id,
+                cost,
+                cap,
+                amount,
+            }));
+        }
+        let slot = release.or(latest.map(|(_, s)| s))?;
+        let (limit, scope, scope_id) = self.describe(slot);
+        Some(Verdict::Wait(Wait {
+            until: latest.map_or(now, |(t, _)| t),
+            on_release: release.is_some(),
+            limit,
+            scope,
+            scope_id,
+        }))
+    }
+
+    /// Fit of one limit+scope under the priority cap and the client-share rule.
+    fn fit_slot(
+        &mut self,
+        ei: usize,
+        slot: usize,
+        group: Option<usize>,
+        cost: f64,
+        priority: Priority,
+        now: Micros,
+    ) -> (Fit, f64) {
+        let e = &self.entries[ei];
+        let s = &mut self.slots[slot];
+        let capacity = s.meter.capacity(e.spec.amount);
+        let cap = capacity * (1.0 - e.spec.reserve.fraction(priority));
+        let fit = s.meter.fit(cost, cap, now);
+        let (Some(table), Some(g), true) = (&self.shares, group, e.shared) else {
+            return (fit, cap);
+        };
+        if fit == Fit::Never {
+            return (fit, cap);
+        }
+        let period = s.meter.period_start().unwrap_or(0);
+        let book = s.book.get_or_insert_with(|| table.book(period));
+        if book.period != period {
+            *book = table.book(period);
+        }
+        match table.check(book, g, s.meter.used(now), cost, capacity) {
+            ShareFit::Ok => (fit, cap),
+            ShareFit::Never => (Fit::Never, cap.min(table.max_for(g, capacity))),
+            ShareFit::Later => {
+                let end = s.meter.resets_at(now).unwrap_or(now);
+                match fit {
+                    Fit::At(t) => (Fit::At(t.max(end)), cap),
+                    _ => (Fit::At(end), cap),
+                }
+            }
+        }
+    }
+
+    /// Counts every item of a decided reservation.
+    fn apply(&mut self, items: &mut [Item], now: Micros) {
+        for item in items.iter_mut() {
+            let s = &mut self.slots[item.slot as usize];
+            let e = &self.entries[s.entry as usize];
+            item.tag = s.meter.add(item.cost, now);
+            s.outstanding = s.outstanding.saturating_add(1);
+            if let (Some(book), true) = (&mut s.book, item.group != NO_GROUP) {
+                if book.period == item.tag {
+                    if let Some(u) = book.used.get_mut(item.group as usize) {
+                        *u += item.cost;
+                    }
+                }
+            }
+            if e.spec.warn_at.is_some() {
+                check_warn(e, s, &mut self.warnings, now);
+            }
+        }
+    }
+
+    /// Name, scope and scope id of a slot's limit.
+    pub(crate) fn describe(&self, slot: usize) -> (String, Scope, String) {
+        let s = &self.slots[slot];
+        let e = &self.entries[s.entry as usize];
+        (e.spec.name.clone(), e.spec.scope, s.scope_id.to_string())
+    }
+
+    fn amount_of(&self, slot: usize) -> f64 {
+        let s = &self.slots[slot];
+        s.meter.capacity(self.entries[s.entry as usize].spec.amount)
+    }
+}
+
+#[cfg(test)]
+#[path = "admission_tests.rs"]
+pub(crate) mod tests;

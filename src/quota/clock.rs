@@ -1,0 +1,117 @@
+//! Time as the quota engine sees it: wall-clock microseconds, injected through [`Clock`].
+//!
+//! Pure code never reads a clock: it takes `now: Micros`. Only the engine façade asks a
+//! [`Clock`], so tests drive time with [`ManualClock`] or with paused tokio time through
+//! [`SystemClock`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Microseconds since the UNIX epoch (wall clock; calendar windows need wall time).
+pub type Micros = u64;
+
+/// One second in [`Micros`].
+pub const SECOND: Micros = 1_000_000;
+
+/// A source of the current wall-clock time.
+pub trait Clock: Send + Sync {
+    /// The current time in microseconds since the UNIX epoch.
+    fn now(&self) -> Micros;
+}
+
+/// The real wall clock, advanced by tokio's monotonic clock.
+///
+/// The wall time is read once at creation; afterwards time advances with
+/// [`tokio::time::Instant`], so it never jumps backwards and tests running with
+/// `#[tokio::test(start_paused = true)]` move it with `tokio::time::advance`.
+#[derive(Debug, Clone)]
+pub struct SystemClock {
+    base_wall: Micros,
+    base: tokio::time::Instant,
+}
+
+impl SystemClock {
+    /// Captures the wall clock and tokio's clock now.
+    pub fn new() -> Self {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        Self {
+            base_wall: duration_micros(wall),
+            base: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Micros {
+        self.base_wall
+            .saturating_add(duration_micros(self.base.elapsed()))
+    }
+}
+
+/// A clock that moves only when told to; for tests and simulations.
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    now: AtomicU64,
+}
+
+impl ManualClock {
+    /// A clock reading `now`.
+    pub fn new(now: Micros) -> Self {
+        Self {
+            now: AtomicU64::new(now),
+        }
+    }
+
+    /// Sets the time (it may go backwards; the quota state tolerates that).
+    pub fn set(&self, now: Micros) {
+        self.now.store(now, Ordering::SeqCst);
+    }
+
+    /// Moves the time forward by `by` microseconds.
+    pub fn advance(&self, by: Micros) {
+        self.now.fetch_add(by, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Micros {
+        self.now.load(Ordering::SeqCst)
+    }
+}
+
+/// A [`Duration`] in whole microseconds, saturating.
+pub fn duration_micros(d: Duration) -> Micros {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_clock_moves_only_when_told() {
+        let c = ManualClock::new(5);
+        assert_eq!(c.now(), 5);
+        c.advance(10);
+        assert_eq!(c.now(), 15);
+        c.set(3);
+        assert_eq!(c.now(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn system_clock_follows_paused_tokio_time() {
+        let c = SystemClock::new();
+        let t0 = c.now();
+        assert!(t0 > 1_600_000_000 * SECOND, "wall time, not process time");
+        tokio::time::advance(Duration::from_secs(90)).await;
+        assert_eq!(c.now() - t0, 90 * SECOND);
+    }
+}

@@ -1,0 +1,92 @@
+//! Quota engine: decides whether a call may go now, later, or never, and keeps the books.
+//!
+//! ```text
+//! CostModel::estimate ─▶ Demand ─▶ Engine::admit / Provider::admit ─▶ (FIFO queue)
+//!                                          │             ProviderState::try_admit
+//!                                          │               every applicable limit:
+//!                                          │      rolling │ bucket │ calendar │ concurrency
+//!                                          ▼
+//!                          Permit ── settle / cancel / drop ──▶ ProviderState::settle
+//! ```
+//!
+//! Layers, from the inside out:
+//! - **Pure counters** ([`RollingWindow`], [`TokenBucket`], [`CalendarCounter`],
+//!   [`ConcurrencyGauge`], behind [`Meter`]): each answers "does `cost` fit under this cap
+//!   at `now`, and if not, when?" ([`Fit`]). Time is always an argument ([`Micros`]).
+//! - **Admission** ([`ProviderState`]): one provider's counters keyed by (limit, scope id),
+//!   created lazily; [`ProviderState::try_admit`] reserves in every applicable limit or in
+//!   none, applying priority reserves and client shares; [`ProviderState::settle`] and
+//!   [`ProviderState::cancel`] correct or refund; [`ProviderState::reconfigure`] carries
+//!   counters over a reload. Still pure: no locks, no clock.
+//! - **Engine** ([`Engine`], [`Provider`]): a `Mutex<ProviderState>` per provider (never held
+//!   across an await), the FIFO delay queue, the injected [`Clock`], [`Permit`]s that always
+//!   settle, warnings, and config reloads.
+//! - **Cost estimation** ([`CostModel`], [`RouteAverages`]): what a call will cost before it
+//!   is sent.
+//!
+//! Decisions worth knowing:
+//! - Rolling windows use 64 sub-buckets counted conservatively: never an overshoot in any
+//!   interval, ≈98.5% of the permitted rate under saturation.
+//! - A cost larger than what a limit could ever give the call (its whole amount, reduced by
+//!   the priority reserve and the client's share) is [`TooLarge`]: waiting cannot help.
+//! - A full concurrency limit has no known free time: [`Wait::on_release`] is set and the
+//!   queue head wakes on every settle or cancel (a refund may also free room earlier).
+//! - Client shares are hard guarantees; borrowing only uses capacity that no other listed
+//!   client's unused guarantee holds (see [`ShareTable`]).
+//! - Settling uses the reservation's admission time; counters never move backwards, so
+//!   the result is the same as with the current time and a clock read is saved.
+
+mod admission;
+mod bucket;
+mod calendar;
+mod clock;
+mod concurrency;
+mod cost;
+mod engine;
+mod fit;
+mod meter;
+mod permit;
+mod priority;
+mod provider;
+mod queue;
+mod reload;
+mod reservation;
+mod rolling;
+mod route_cost;
+mod settle;
+mod shares;
+mod spec;
+mod state;
+mod status;
+mod unit;
+mod verdict;
+
+#[cfg(test)]
+mod sim_tests;
+
+pub use admission::Demand;
+pub use bucket::TokenBucket;
+pub use calendar::{period_bounds, CalendarCounter};
+pub use clock::{duration_micros, Clock, ManualClock, Micros, SystemClock, SECOND};
+pub use concurrency::ConcurrencyGauge;
+pub use cost::{CostModel, Estimate, Price, RequestInfo};
+pub use engine::Engine;
+pub use fit::Fit;
+pub use meter::Meter;
+pub use permit::{Permit, Refusal};
+pub use priority::{Priority, PriorityReserve, UnknownPriority};
+pub use provider::{Provider, WarnHook, CONCURRENCY_RETRY_AFTER, QUEUE_LIMIT};
+pub use reservation::Reservation;
+pub use rolling::{RollingWindow, BUCKETS};
+pub use route_cost::{
+    glob_match, param_value_count, CreditRule, InvalidCreditRule, RouteAverages, RouteCost,
+};
+pub use shares::{ShareBook, ShareFit, ShareTable};
+pub use spec::{
+    format_duration, CalendarPeriod, ClientShares, LimitSpec, OnLimit, OnLimitAction, ProviderSpec,
+    Scope, WindowKind,
+};
+pub use state::ProviderState;
+pub use status::{LimitStatus, ShareStatus};
+pub use unit::{Costs, Unit, UnknownUnit};
+pub use verdict::{Admission, TooLarge, Verdict, Wait, WarnEvent};

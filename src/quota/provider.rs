@@ -1,0 +1,251 @@
+//! One provider inside the engine: its `Mutex<ProviderState>` (never held across an
+//! await), its delay queue, and the admission policy (delay or reject) around them.
+//! [`Provider`] is a cheap handle on it; keep one to skip the engine's name lookup.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Duration;
+
+use crate::quota::admission::Demand;
+use crate::quota::clock::{Clock, Micros, SECOND};
+use crate::quota::permit::{Permit, Refusal};
+use crate::quota::queue::DelayQueue;
+use crate::quota::reservation::Reservation;
+use crate::quota::spec::{OnLimit, OnLimitAction, ProviderSpec, Scope};
+use crate::quota::state::ProviderState;
+use crate::quota::status::LimitStatus;
+use crate::quota::unit::Costs;
+use crate::quota::verdict::{Admission, Verdict, Wait, WarnEvent};
+
+/// Retry-after given when only a full concurrency limit binds (its time is unknown).
+pub const CONCURRENCY_RETRY_AFTER: Micros = SECOND;
+
+/// The limit named when a call's delay budget runs out while other calls are ahead of it
+/// in the queue and its own limits would have room.
+pub const QUEUE_LIMIT: &str = "queue";
+
+/// Called with (provider, event) when a limit crosses `warn_at`, outside any lock.
+pub type WarnHook = Arc<dyn Fn(&str, &WarnEvent) + Send + Sync>;
+
+/// What every provider shares with the engine.
+pub(crate) struct Shared {
+    pub clock: Arc<dyn Clock>,
+    pub warn_hook: OnceLock<WarnHook>,
+}
+
+/// One provider: its state and its queue.
+pub(crate) struct ProviderHandle {
+    name: Box<str>,
+    state: Mutex<ProviderState>,
+    pub(crate) queue: DelayQueue,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for ProviderHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Provider")
+            .field("name", &self.name)
+            .field("queue", &self.queue.len())
+            .finish()
+    }
+}
+
+/// What one attempt at admission came to.
+enum Attempt {
+    Admitted(Reservation),
+    /// With the provider's policy, read under the same lock.
+    Wait(Wait, OnLimit),
+    Refused(Refusal),
+}
+
+fn limited(w: Wait, now: Micros) -> Refusal {
+    let mut retry_after = w.until.saturating_sub(now);
+    if w.on_release {
+        retry_after = retry_after.max(CONCURRENCY_RETRY_AFTER);
+    }
+    Refusal::Limited {
+        limit: w.limit,
+        scope: w.scope,
+        scope_id: w.scope_id,
+        retry_after: retry_after.max(1),
+    }
+}
+
+impl ProviderHandle {
+    pub(crate) fn new(shared: &Arc<Shared>, spec: ProviderSpec) -> Arc<Self> {
+        Arc::new(Self {
+            name: spec.name.as_str().into(),
+            state: Mutex::new(ProviderState::new(spec)),
+            queue: DelayQueue::default(),
+            shared: Arc::clone(shared),
+        })
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, ProviderState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the state, then reports warnings outside the lock.
+    fn with_state<R>(&self, f: impl FnOnce(&mut ProviderState) -> R) -> R {
+        let mut state = self.lock();
+        let out = f(&mut state);
+        let hook = self.shared.warn_hook.get();
+        let warnings = match hook {
+            Some(_) if state.has_warnings() => state.take_warnings(),
+            _ => return out,
+        };
+        drop(state);
+        if let Some(hook) = hook {
+            warnings.iter().for_each(|w| hook(&self.name, w));
+        }
+        out
+    }
+
+    fn attempt(&self, demand: &Demand<'_>, now: Micros) -> Attempt {
+        match self.with_state(|s| (s.try_admit(demand, now), s.on_limit())) {
+            (Admission::Admitted(r), _) => Attempt::Admitted(r),
+            (Admission::Wait(w), on_limit) => Attempt::Wait(w, on_limit),
+            (Admission::TooLarge(t), _) => Attempt::Refused(Refusal::TooLarge(t)),
+        }
+    }
+
+    /// Settles (`Some(actual)`) or cancels (`None`), then wakes the queue.
+    pub(crate) fn settle(&self, r: Reservation, actual: Option<&Costs>) {
+        // The admission time gives the same result as the current time (see
+        // `ProviderState::settle`) and saves a clock read.
+        let now = r.admitted_at;
+        self.with_state(|s| match actual {
+            Some(a) => s.settle(r, a, now),
+            None => s.cancel(r, now),
+        });
+        if self.queue.len() > 0 {
+            self.queue.wake();
+        }
+    }
+
+    /// The refusal of a call whose budget ran out while others were ahead of it: what
+    /// the state says now, or the queue itself when its limits would have room.
+    fn queued_too_long(&self, demand: &Demand<'_>, now: Micros) -> Refusal {
+        match self.with_state(|s| s.check(demand, now)) {
+            Some(Verdict::Wait(w)) => limited(w, now),
+            Some(Verdict::TooLarge(t)) => Refusal::TooLarge(t),
+            None => Refusal::Limited {
+                limit: QUEUE_LIMIT.to_string(),
+                scope: Scope::Provider,
+                scope_id: String::new(),
+                retry_after: CONCURRENCY_RETRY_AFTER,
+            },
+        }
+    }
+
+    /// Reloads the spec, keeping unchanged counters, and lets the queue re-check.
+    pub(crate) fn reconfigure(&self, spec: ProviderSpec) {
+        self.with_state(|s| s.reconfigure(spec));
+        self.queue.wake();
+    }
+}
+
+/// A handle on one provider of an [`Engine`](crate::quota::Engine). Cheap to clone; after
+/// [`Engine::replace`](crate::quota::Engine::replace) removes the provider, the handle
+/// still works on its own (orphaned) state.
+#[derive(Debug, Clone)]
+pub struct Provider(pub(crate) Arc<ProviderHandle>);
+
+impl Provider {
+    /// The provider's name.
+    pub fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    /// Calls waiting now.
+    pub fn queue_len(&self) -> usize {
+        self.0.queue.len()
+    }
+
+    /// Status of every counter at `now`.
+    pub fn snapshot(&self, now: Micros) -> Vec<LimitStatus> {
+        self.0.lock().snapshot(now)
+    }
+
+    /// Admits a call now or refuses it; never waits (a wait becomes `Limited`) and ignores
+    /// the queue.
+    pub fn try_admit(&self, demand: &Demand<'_>) -> Result<Permit, Refusal> {
+        let now = self.0.shared.clock.now();
+        match self.0.attempt(demand, now) {
+            Attempt::Admitted(r) => Ok(Permit::new(Arc::clone(&self.0), r, 0)),
+            Attempt::Wait(w, _) => Err(limited(w, now)),
+            Attempt::Refused(r) => Err(r),
+        }
+    }
+
+    /// See [`Engine::admit`](crate::quota::Engine::admit).
+    pub async fn admit(
+        &self,
+        demand: Demand<'_>,
+        max_delay_override: Option<Micros>,
+    ) -> Result<Permit, Refusal> {
+        let h = &self.0;
+        let clock = &h.shared.clock;
+        let arrival = clock.now();
+        let deadline = |on: &OnLimit| {
+            let budget = max_delay_override.map_or(on.max_delay, |o| o.min(on.max_delay));
+            arrival.saturating_add(budget)
+        };
+        let may_wait = |w: &Wait, on: &OnLimit, now: Micros| {
+            let deadline = deadline(on);
+            on.action == OnLimitAction::Delay
+                && w.until <= deadline
+                && (!w.on_release || now < deadline)
+        };
+        let on = if h.queue.len() == 0 {
+            match h.attempt(&demand, arrival) {
+                Attempt::Admitted(r) => return Ok(Permit::new(Arc::clone(h), r, 0)),
+                Attempt::Refused(r) => return Err(r),
+                Attempt::Wait(w, on) if !may_wait(&w, &on, arrival) => {
+                    return Err(limited(w, arrival))
+                }
+                Attempt::Wait(_, on) => on,
+            }
+        } else {
+            h.lock().on_limit()
+        };
+        let Some(_ticket) = h.queue.join(on.max_queue) else {
+            return Err(Refusal::QueueFull {
+                max_queue: on.max_queue,
+            });
+        };
+        // Waiting behind others counts against this call's own delay budget too.
+        let behind = deadline(&on).saturating_sub(arrival);
+        let _head = tokio::select! {
+            biased;
+            head = h.queue.head() => head,
+            _ = tokio::time::sleep(Duration::from_micros(behind)) => {
+                return Err(h.queued_too_long(&demand, clock.now()));
+            }
+        };
+        loop {
+            let now = clock.now();
+            let (w, on) = match h.attempt(&demand, now) {
+                Attempt::Admitted(r) => {
+                    let delayed = now.saturating_sub(arrival);
+                    return Ok(Permit::new(Arc::clone(h), r, delayed));
+                }
+                Attempt::Refused(r) => return Err(r),
+                Attempt::Wait(w, on) => (w, on),
+            };
+            if !may_wait(&w, &on, now) {
+                return Err(limited(w, now));
+            }
+            let wake_at = if w.until > now {
+                w.until
+            } else {
+                deadline(&on)
+            };
+            h.queue.sleep(wake_at.saturating_sub(now)).await;
+        }
+    }
+}

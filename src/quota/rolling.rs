@@ -1,0 +1,350 @@
+//! Rolling window: never more than `amount` units in ANY interval of length `window`.
+//!
+//! Usage is kept in `n` sub-buckets of width `g = ceil(window / 64)` (so `n * g >= window`).
+//! Any interval of length `window` overlaps at most `n + 1` consecutive buckets, so an
+//! admission is checked against the sum of the current bucket and the `n` before it. That
+//! errs on refusing: under saturating load the limiter admits `amount` per `(n + 1) * g`,
+//! i.e. `64 / 65` ≈ 98.5% of the permitted rate, with constant memory and O(1) checks.
+
+use crate::quota::clock::Micros;
+use crate::quota::fit::{fits, Fit};
+
+/// Sub-buckets per window.
+pub const BUCKETS: u64 = 64;
+
+/// A rolling-window counter. Pure: every method takes `now`.
+#[derive(Debug, Clone)]
+pub struct RollingWindow {
+    /// Bucket width in µs.
+    width: Micros,
+    /// Buckets per window (`n`); the ring holds `n + 1`.
+    n: u64,
+    ring: Box<[f64]>,
+    /// Absolute index (`time / width`) of the newest bucket.
+    head: u64,
+    /// End of the newest bucket: before it, `advance` has nothing to do (no division).
+    head_end: Micros,
+    /// Sum of the ring (all of it is counted at `head`).
+    sum: f64,
+}
+
+/// Where a reservation landed: the absolute bucket index.
+pub type BucketId = u64;
+
+impl RollingWindow {
+    /// An empty window of `len` µs (0 is treated as 1).
+    pub fn new(len: Micros) -> Self {
+        let len = len.max(1);
+        let width = len.div_ceil(BUCKETS).max(1);
+        let n = len.div_ceil(width);
+        Self {
+            width,
+            n,
+            ring: vec![0.0; (n + 1) as usize].into_boxed_slice(),
+            head: 0,
+            head_end: width,
+            sum: 0.0,
+        }
+    }
+
+    #[inline]
+    fn slot(&self, bucket: u64) -> usize {
+        (bucket % (self.n + 1)) as usize
+    }
+
+    /// Forgets buckets that left the window by `now` (a clock going backwards is ignored).
+    #[inline]
+    pub fn advance(&mut self, now: Micros) {
+        if now >= self.head_end {
+            self.roll(now);
+        }
+    }
+
+    #[cold]
+    fn roll(&mut self, now: Micros) {
+        let b = now / self.width;
+        if b <= self.head {
+            return;
+        }
+        if b - self.head > self.n {
+            self.ring.iter_mut().for_each(|v| *v = 0.0);
+        } else {
+            for k in self.head + 1..=b {
+                let i = self.slot(k);
+                self.ring[i] = 0.0;
+            }
+        }
+        self.head = b;
+        self.head_end = (b + 1).saturating_mul(self.width);
+        self.sum = self.ring.iter().sum();
+    }
+
+    /// Whether `cost` fits under `cap` now, else when it will.
+    #[inline]
+    pub fn fit(&mut self, cost: f64, cap: f64, now: Micros) -> Fit {
+        self.advance(now);
+        if fits(self.sum, cost, cap) {
+            Fit::Now
+        } else {
+            self.fit_later(cost, cap)
+        }
+    }
+
+    /// The slow half of [`RollingWindow::fit`]: when, if ever.
+    fn fit_later(&self, cost: f64, cap: f64) -> Fit {
+        if !fits(0.0, cost, cap) {
+            return Fit::Never;
+        }
+        // Walk from the newest bucket back: the first bucket that pushes the suffix sum
+        // over the cap must leave the window first; it leaves at bucket k + n + 1.
+        let mut acc = 0.0;
+        for i in 0..=self.n.min(self.head) {
+            let k = self.head - i;
+            acc += self.ring[self.slot(k)];
+            if !fits(acc, cost, cap) {
+                return Fit::At((k + self.n + 1).saturating_mul(self.width));
+            }
+        }
+        Fit::Now
+    }
+
+    /// Adds `cost` at `now`; returns the bucket it landed in.
+    #[inline]
+    pub fn add(&mut self, cost: f64, now: Micros) -> BucketId {
+        self.advance(now);
+        let i = self.slot(self.head);
+        self.ring[i] += cost;
+        self.sum += cost;
+        self.head
+    }
+
+    /// Adds `delta` (may be negative) to what `bucket` holds, if it is still counted.
+    /// A bucket never goes below zero.
+    pub fn adjust(&mut self, bucket: BucketId, delta: f64, now: Micros) {
+        self.advance(now);
+        if bucket > self.head || bucket + self.n < self.head {
+            return;
+        }
+        let i = self.slot(bucket);
+        let old = self.ring[i];
+        let new = (old + delta).max(0.0);
+        self.ring[i] = new;
+        self.sum += new - old;
+    }
+
+    /// Units counted in the window ending at `now`.
+    pub fn used(&self, now: Micros) -> f64 {
+        let b = (now / self.width).max(self.head);
+        let oldest = b.saturating_sub(self.n);
+        (oldest..=self.head)
+            .map(|k| self.ring[self.slot(k)])
+            .sum::<f64>()
+            .max(0.0)
+    }
+
+    /// When everything counted at `now` will have left the window (`None` when empty).
+    pub fn resets_at(&self, now: Micros) -> Option<Micros> {
+        let b = (now / self.width).max(self.head);
+        let oldest = b.saturating_sub(self.n);
+        (oldest..=self.head)
+            .rev()
+            .find(|&k| self.ring[self.slot(k)] > 0.0)
+            .map(|k| (k + self.n + 1).saturating_mul(self.width))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quota::clock::SECOND;
+    use proptest::prelude::*;
+
+    const MIN: Micros = 60 * SECOND;
+    const T0: Micros = 1_780_000_000 * SECOND;
+
+    #[test]
+    fn geometry() {
+        let w = RollingWindow::new(MIN);
+        assert_eq!((w.width, w.n, w.ring.len()), (937_500, 64, 65));
+        let w = RollingWindow::new(10);
+        assert_eq!((w.width, w.n), (1, 10));
+        let w = RollingWindow::new(0);
+        assert_eq!((w.width, w.n), (1, 1));
+    }
+
+    #[test]
+    fn admits_up_to_amount_then_names_the_time() {
+        let mut w = RollingWindow::new(MIN);
+        for i in 0..5 {
+            assert_eq!(w.fit(1.0, 5.0, T0 + i), Fit::Now);
+            w.add(1.0, T0 + i);
+        }
+        let Fit::At(t) = w.fit(1.0, 5.0, T0 + 10) else {
+            panic!("expected a time")
+        };
+        // The bucket holding T0 leaves the window between T0 + 60 s and T0 + 61 s.
+        assert!(t >= T0 + MIN && t <= T0 + MIN + w.width, "{t}");
+        assert_eq!(w.fit(1.0, 5.0, t - 1), Fit::At(t));
+        assert_eq!(w.fit(1.0, 5.0, t), Fit::Now);
+        assert_eq!(w.fit(6.0, 5.0, t), Fit::Never);
+        assert_eq!(w.used(t), 0.0);
+    }
+
+    #[test]
+    fn wait_skips_only_as_many_buckets_as_needed() {
+        let mut w = RollingWindow::new(64 * SECOND); // 1 s buckets
+        w.add(3.0, T0); // oldest
+        w.add(3.0, T0 + 10 * SECOND);
+        w.add(3.0, T0 + 20 * SECOND);
+        // cap 10, cost 4: needs the oldest 3 gone only.
+        assert_eq!(
+            w.fit(4.0, 10.0, T0 + 30 * SECOND),
+            Fit::At(T0 + 65 * SECOND)
+        );
+        // cost 7 needs the first two gone.
+        assert_eq!(
+            w.fit(7.0, 10.0, T0 + 30 * SECOND),
+            Fit::At(T0 + 75 * SECOND)
+        );
+        assert_eq!(w.resets_at(T0 + 30 * SECOND), Some(T0 + 85 * SECOND));
+    }
+
+    #[test]
+    fn adjust_only_touches_counted_buckets() {
+        let mut w = RollingWindow::new(MIN);
+        let b = w.add(10.0, T0);
+        w.adjust(b, -4.0, T0 + SECOND);
+        assert_eq!(w.used(T0 + SECOND), 6.0);
+        w.adjust(b, -100.0, T0 + SECOND);
+        assert_eq!(w.used(T0 + SECOND), 0.0);
+        w.adjust(b, 5.0, T0 + 2 * SECOND);
+        assert_eq!(w.used(T0 + 2 * SECOND), 5.0);
+        // Rolled out: nothing changes, nothing panics.
+        w.adjust(b, 50.0, T0 + 3 * MIN);
+        assert_eq!(w.used(T0 + 3 * MIN), 0.0);
+        assert_eq!(w.resets_at(T0 + 3 * MIN), None);
+    }
+
+    #[test]
+    fn clock_going_backwards_is_tolerated() {
+        let mut w = RollingWindow::new(MIN);
+        w.add(2.0, T0 + MIN);
+        assert_eq!(w.fit(3.0, 5.0, T0), Fit::Now);
+        w.add(3.0, T0);
+        assert!(matches!(w.fit(1.0, 5.0, T0), Fit::At(_)));
+        assert_eq!(w.used(T0), 5.0);
+    }
+
+    /// Greedy client: admits whenever possible, otherwise jumps to the named time. Returns
+    /// the share of the permitted rate used after the first window (the initial burst of a
+    /// fresh window is excluded, as is the time before it).
+    fn saturate(len: Micros, amount: f64, cost: impl Fn(u64) -> f64, windows: u64) -> f64 {
+        let mut w = RollingWindow::new(len);
+        let start = T0 + 12_345;
+        let (from, end) = (start + len, start + windows * len);
+        let (mut t, mut admitted, mut i) = (start, 0.0, 0u64);
+        while t < end {
+            let c = cost(i);
+            match w.fit(c, amount, t) {
+                Fit::Now => {
+                    w.add(c, t);
+                    if t >= from {
+                        admitted += c;
+                    }
+                    i += 1;
+                }
+                Fit::At(u) => t = u.max(t + 1),
+                other => panic!("{other:?}"),
+            }
+        }
+        admitted / (amount * (windows - 1) as f64)
+    }
+
+    #[test]
+    fn saturation_uses_at_least_97_percent() {
+        // Long horizons so that whole-window bursts do not hide the 64/65 rate.
+        let u = saturate(MIN, 500.0, |_| 1.0, 400);
+        assert!((0.97..=1.0).contains(&u), "utilisation {u}");
+        let u = saturate(SECOND, 200.0, |i| (i % 3 + 1) as f64, 400);
+        assert!((0.97..=1.0).contains(&u), "utilisation {u}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Against the full admitted log: no interval of length `len` ever holds more than
+        /// `amount`, including after downward settles and refunds.
+        #[test]
+        fn never_overshoots_any_interval(
+            len_s in 1u64..120,
+            amount in 1u32..40,
+            ops in prop::collection::vec((0u64..4_000_000, 1u32..6, 0u32..3), 1..300),
+        ) {
+            let len = len_s * SECOND;
+            let amount = f64::from(amount);
+            let mut w = RollingWindow::new(len);
+            let mut log: Vec<(Micros, f64)> = Vec::new();
+            let mut t = T0;
+            for (dt, cost, settle) in ops {
+                t += dt;
+                let cost = f64::from(cost);
+                match w.fit(cost, amount, t) {
+                    Fit::Now => {
+                        let b = w.add(cost, t);
+                        // settle 0: keep; 1: refund; 2: settle down by half.
+                        let actual = match settle { 0 => cost, 1 => 0.0, _ => (cost / 2.0).floor() };
+                        w.adjust(b, actual - cost, t);
+                        log.push((t, actual));
+                    }
+                    Fit::At(u) => prop_assert!(u > t),
+                    Fit::Never => prop_assert!(cost > amount),
+                    Fit::OnRelease => prop_assert!(false),
+                }
+                prop_assert!(w.used(t) <= amount);
+            }
+            for (i, &(s, _)) in log.iter().enumerate() {
+                let in_window: f64 = log[i..].iter().take_while(|(u, _)| *u < s + len).map(|(_, c)| c).sum();
+                prop_assert!(in_window <= amount, "{in_window} > {amount} from {s}");
+            }
+        }
+
+        /// Whenever it says "At(u)", the cost fits at `u` (nothing added meanwhile), and
+        /// not one bucket earlier.
+        #[test]
+        fn named_time_is_exact_to_a_bucket(
+            amount in 2u32..50,
+            ops in prop::collection::vec((0u64..3_000_000, 1u32..5), 1..100),
+            probe in 1u32..5,
+        ) {
+            let amount = f64::from(amount);
+            let mut w = RollingWindow::new(MIN);
+            let mut t = T0;
+            for (dt, cost) in ops {
+                t += dt;
+                if w.fit(f64::from(cost), amount, t).is_now() {
+                    w.add(f64::from(cost), t);
+                }
+            }
+            let probe = f64::from(probe);
+            if let Fit::At(u) = w.fit(probe, amount, t) {
+                let mut later = w.clone();
+                prop_assert_eq!(later.fit(probe, amount, u), Fit::Now);
+                prop_assert!(matches!(w.clone().fit(probe, amount, u - w.width), Fit::At(_)));
+            }
+        }
+
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+
+        /// Costs up to 1% of the amount, any window length: ≥ 97% of the permitted rate.
+        #[test]
+        fn saturation_property(len_s in 1u64..3600, amount in 100u32..1000, pct in 1u32..=100) {
+            let max_cost = u64::from((amount * pct / 10_000).max(1));
+            let len = len_s * SECOND;
+            let u = saturate(len, f64::from(amount), |i| (i % max_cost + 1) as f64, 200);
+            prop_assert!((0.97..=1.0).contains(&u), "utilisation {}", u);
+        }
+    }
+}

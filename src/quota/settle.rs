@@ -1,0 +1,61 @@
+//! Settling a reservation to what the call actually cost, or cancelling it.
+
+use crate::quota::admission::check_warn;
+use crate::quota::clock::Micros;
+use crate::quota::reservation::{Reservation, NO_GROUP};
+use crate::quota::state::ProviderState;
+use crate::quota::unit::Costs;
+
+impl ProviderState {
+    /// Corrects every limit the reservation holds from its estimate to `actual` (larger or
+    /// smaller) and releases its concurrency. Where the reservation's rolling bucket or
+    /// calendar period has already left the window only what is still counted changes
+    /// (nothing). Reservations from another state, or from before a reload that dropped
+    /// their limit, are ignored for that limit. Never panics.
+    ///
+    /// Counters never move backwards in time, so any `now` at or after the admission gives
+    /// the same counts: a bucket or period that ended meanwhile is either already dropped
+    /// (the correction is ignored) or dropped at the next advance (it is harmless).
+    pub fn settle(&mut self, reservation: Reservation, actual: &Costs, now: Micros) {
+        self.finish(reservation, Some(actual), now);
+    }
+
+    /// Nothing was sent: every reserved unit is returned and concurrency released.
+    pub fn cancel(&mut self, reservation: Reservation, now: Micros) {
+        self.finish(reservation, None, now);
+    }
+
+    /// Settles at the estimate: keeps what was reserved, releases concurrency.
+    pub fn settle_at_estimate(&mut self, reservation: Reservation, now: Micros) {
+        let estimate = reservation.estimate;
+        self.finish(reservation, Some(&estimate), now);
+    }
+
+    fn finish(&mut self, res: Reservation, actual: Option<&Costs>, now: Micros) {
+        if res.state_id != self.id {
+            return;
+        }
+        let same_generation = res.generation == self.generation;
+        for item in &res.items {
+            let Some(slot) = self.resolve(res.generation, item.slot) else {
+                continue;
+            };
+            let s = &mut self.slots[slot];
+            let e = &self.entries[s.entry as usize];
+            let actual = actual.map_or(0.0, |c| c.get(e.spec.unit));
+            s.meter.settle(item.tag, item.cost, actual, now);
+            s.outstanding = s.outstanding.saturating_sub(1);
+            if let (Some(book), true) = (&mut s.book, item.group != NO_GROUP && same_generation) {
+                if book.period == item.tag {
+                    if let Some(u) = book.used.get_mut(item.group as usize) {
+                        *u = (*u + actual - item.cost).max(0.0);
+                    }
+                }
+            }
+            if e.spec.warn_at.is_some() {
+                check_warn(e, s, &mut self.warnings, now);
+            }
+        }
+        self.recycle(res.items);
+    }
+}

@@ -1,0 +1,119 @@
+//! Read-only views of the counters, for `/status`, metrics and the dashboard.
+
+use crate::quota::calendar::period_bounds;
+use crate::quota::clock::Micros;
+use crate::quota::spec::{Scope, WindowKind};
+use crate::quota::state::{Entry, ProviderState, Slot, NONE};
+use crate::quota::unit::Unit;
+
+/// One limit for one scope id at one instant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitStatus {
+    /// The limit's name.
+    pub name: String,
+    /// What it counts.
+    pub unit: Unit,
+    /// Its scope.
+    pub scope: Scope,
+    /// The scope id (`""` for the provider).
+    pub scope_id: String,
+    /// Used now (token bucket: missing from a full bucket; concurrency: in flight).
+    pub used: f64,
+    /// Capacity (token bucket: `burst`).
+    pub amount: f64,
+    /// `amount - used`, never negative.
+    pub remaining: f64,
+    /// The window in words (`"1m"`, `"day (UTC)"`, `"token_bucket/1m"`, `"concurrent"`).
+    pub window: String,
+    /// When usage next resets (see [`Meter::resets_at`](crate::quota::meter::Meter::resets_at)).
+    pub resets_at: Option<Micros>,
+    /// Per share group usage, for provider-scope calendar limits with client shares.
+    pub shares: Vec<ShareStatus>,
+}
+
+/// One client-share group's usage of a limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShareStatus {
+    /// The client, or `None` for every client not listed.
+    pub client: Option<String>,
+    /// Used in the current period.
+    pub used: f64,
+    /// Guaranteed in the period.
+    pub guaranteed: f64,
+}
+
+impl ProviderState {
+    /// Every counter that exists, in limit order (scope ids sorted); provider-scope limits
+    /// are listed even before their first use.
+    pub fn snapshot(&self, now: Micros) -> Vec<LimitStatus> {
+        let mut out = Vec::new();
+        for (ei, e) in self.entries.iter().enumerate() {
+            if e.spec.scope == Scope::Provider && e.provider_slot.is_none() {
+                out.push(self.unused_status(e, now));
+                continue;
+            }
+            let mut slots: Vec<&Slot> = self
+                .slots
+                .iter()
+                .filter(|s| s.entry == ei as u32 && s.entry != NONE)
+                .collect();
+            slots.sort_by(|a, b| a.scope_id.cmp(&b.scope_id));
+            out.extend(slots.into_iter().map(|s| self.slot_status(e, s, now)));
+        }
+        out
+    }
+
+    fn unused_status(&self, e: &Entry, now: Micros) -> LimitStatus {
+        let amount = match e.spec.window {
+            WindowKind::TokenBucket { burst, .. } => burst,
+            _ => e.spec.amount,
+        };
+        let resets_at = match e.spec.window {
+            WindowKind::Calendar { period, tz } => Some(period_bounds(period, tz, now).1),
+            _ => None,
+        };
+        LimitStatus {
+            name: e.spec.name.clone(),
+            unit: e.spec.unit,
+            scope: e.spec.scope,
+            scope_id: String::new(),
+            used: 0.0,
+            amount,
+            remaining: amount.max(0.0),
+            window: e.spec.window.to_string(),
+            resets_at,
+            shares: Vec::new(),
+        }
+    }
+
+    fn slot_status(&self, e: &Entry, s: &Slot, now: Micros) -> LimitStatus {
+        let amount = s.meter.capacity(e.spec.amount);
+        let used = s.meter.used(now);
+        let shares = match (&self.shares, &s.book) {
+            (Some(t), Some(book)) => (0..t.groups())
+                .map(|g| ShareStatus {
+                    client: t.name(g).map(str::to_string),
+                    used: if s.meter.period_start() == Some(book.period) {
+                        book.used.get(g).copied().unwrap_or(0.0).min(used)
+                    } else {
+                        0.0
+                    },
+                    guaranteed: t.fraction(g) * amount,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        LimitStatus {
+            name: e.spec.name.clone(),
+            unit: e.spec.unit,
+            scope: e.spec.scope,
+            scope_id: s.scope_id.to_string(),
+            used,
+            amount,
+            remaining: (amount - used).max(0.0),
+            window: e.spec.window.to_string(),
+            resets_at: s.meter.resets_at(now),
+            shares,
+        }
+    }
+}
