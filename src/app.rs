@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config};
 use crate::proxy::{Runtime, Shared};
+use crate::runtime::Persistent;
 use crate::tls::{self, CaFiles, CertificateAuthority, LeafCache};
 use crate::upstream::{self, UpstreamSetupError};
 
@@ -28,8 +29,9 @@ pub enum AppError {
 }
 
 /// Builds everything a config produces.
-pub fn build_runtime(config: Config) -> Result<Runtime, AppError> {
+pub fn build_runtime(config: Config, persistent: &Persistent) -> Result<Runtime, AppError> {
     let client = upstream::build_client(&config)?;
+    let providers = crate::runtime::providers(&config, persistent);
     let leaves = if config.intercepts() {
         Some(Arc::new(load_or_create_ca(&config)?))
     } else {
@@ -39,6 +41,7 @@ pub fn build_runtime(config: Config) -> Result<Runtime, AppError> {
         config: Arc::new(config),
         client,
         leaves,
+        providers,
     })
 }
 
@@ -75,7 +78,7 @@ impl Reloader {
     pub fn reload(&self) -> Result<(), String> {
         let result = config::load(&self.path)
             .map_err(AppError::from)
-            .and_then(build_runtime)
+            .and_then(|c| build_runtime(c, &self.shared.persistent))
             .map_err(|e| e.to_string());
         match result {
             Ok(runtime) => {
@@ -123,10 +126,12 @@ pub async fn run(
     mut reload_requests: tokio::sync::mpsc::Receiver<()>,
 ) -> Result<(), AppError> {
     let path = config.source.clone();
-    let runtime = build_runtime(config)?;
+    let persistent = Arc::new(Persistent::new(Arc::new(crate::quota::SystemClock::new())));
+    let runtime = build_runtime(config, &persistent)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         runtime: ArcSwap::from_pointee(runtime),
+        persistent,
         tracker: TaskTracker::new(),
         shutdown: stop_rx,
     });

@@ -16,6 +16,10 @@
 //! - [`policy`]: host and route → provider matching; destination safety.
 //! - [`upstream`]: the pooled, verifying upstream client.
 //! - [`admin`]: health, readiness, metrics and reload endpoints.
+//! - [`quota`]: the quota engine (pure core, delay queue, cost estimation).
+//! - [`keys`]: key pools, key states and injection.
+//! - [`signals`]: upstream rate-limit signals and streaming usage taps.
+//! - [`runtime`]: what a config becomes at run time, per provider.
 //! - [`app`]: wiring, reload and graceful drain.
 //! - [`tls`]: the local CA, leaf certificates and their cache (interception).
 //! - [`telemetry`]: logging and the metrics recorder.
@@ -28,6 +32,7 @@ pub mod listener;
 pub mod policy;
 pub mod proxy;
 pub mod quota;
+pub mod runtime;
 pub mod signals;
 pub mod telemetry;
 pub mod tls;

@@ -266,7 +266,6 @@ pub struct Price {
 pub struct CostRule {
     /// Path glob; `*` matches one segment.
     pub path: String,
-    pub method: Option<String>,
     pub credits: Credits,
 }
 

@@ -264,7 +264,6 @@ pub struct RawPrice {
 #[serde(deny_unknown_fields)]
 pub struct RawCostRule {
     pub path: Text,
-    pub method: Option<Text>,
     pub credits: CreditsValue,
 }
 

@@ -739,7 +739,6 @@ fn cost_rule(raw: raw::RawCostRule) -> std::result::Result<CostRule, String> {
     };
     Ok(CostRule {
         path: raw.path.0,
-        method: raw.method.map(|m| m.0.to_ascii_uppercase()),
         credits,
     })
 }

@@ -32,7 +32,11 @@ impl RequestBody {
             RequestBody::Whole(b) => Full::new(b).map_err(|never| match never {}).boxed(),
             RequestBody::Partial { head, rest } => {
                 let rest = rest.map_err(|e| Box::new(e) as BoxError);
-                Chain { head: Some(head), rest }.boxed()
+                Chain {
+                    head: Some(head),
+                    rest,
+                }
+                .boxed()
             }
         }
     }
@@ -45,11 +49,15 @@ pub async fn buffer(mut body: Incoming, limit: usize) -> Result<RequestBody, Pro
     }
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ProxyError::BadRequest(format!("reading the request body failed: {e}")))?;
+        let frame = frame
+            .map_err(|e| ProxyError::BadRequest(format!("reading the request body failed: {e}")))?;
         if let Ok(data) = frame.into_data() {
             buf.extend_from_slice(&data);
             if buf.len() > limit {
-                return Ok(RequestBody::Partial { head: buf.freeze(), rest: body });
+                return Ok(RequestBody::Partial {
+                    head: buf.freeze(),
+                    rest: body,
+                });
             }
         }
     }

@@ -33,6 +33,12 @@ pub enum ProxyError {
     Unavailable(String),
     #[error("the upstream did not answer within {0}")]
     GatewayTimeout(String),
+    /// A quota refusal: answered with the SPEC §8 429 (or 503 for a full queue).
+    #[error("{refusal}")]
+    Quota {
+        provider: String,
+        refusal: crate::quota::Refusal,
+    },
 }
 
 impl ProxyError {
@@ -48,6 +54,11 @@ impl ProxyError {
             ProxyError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Quota {
+                refusal: crate::quota::Refusal::QueueFull { .. },
+                ..
+            } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Quota { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -64,10 +75,14 @@ impl ProxyError {
             ProxyError::BadGateway(_) => "bad_gateway",
             ProxyError::Unavailable(_) => "service_unavailable",
             ProxyError::GatewayTimeout(_) => "gateway_timeout",
+            ProxyError::Quota { .. } => "quota_exceeded",
         }
     }
 
     pub fn into_response(self) -> Response<Body> {
+        if let ProxyError::Quota { provider, refusal } = &self {
+            return quota_refusal(provider, refusal);
+        }
         let mut resp = json_error(
             self.status(),
             self.kind(),
@@ -138,6 +153,72 @@ pub fn full(data: impl Into<Bytes>) -> Body {
 
 pub fn empty() -> Body {
     full(Bytes::new())
+}
+
+/// The proxy's own 429 (or 503 for a full queue) for a quota refusal (SPEC §8):
+/// `Retry-After` in whole seconds rounded up, `x-quota-proxy: rejected`, OpenAI-shaped body.
+pub fn quota_refusal(provider: &str, refusal: &crate::quota::Refusal) -> Response<Body> {
+    use crate::quota::Refusal;
+    let (status, code, limit, scope, scope_id, message) = match refusal {
+        Refusal::Limited { limit, scope, scope_id, retry_after } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            limit.clone(),
+            limit.clone(),
+            scope.as_str(),
+            scope_id.clone(),
+            format!(
+                "quota-proxy: limit {limit:?} of provider {provider:?} has no room; retry after {:.1}s",
+                *retry_after as f64 / 1e6
+            ),
+        ),
+        Refusal::TooLarge(t) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "request_too_large".to_string(),
+            t.limit.clone(),
+            t.scope.as_str(),
+            t.scope_id.clone(),
+            format!(
+                "quota-proxy: this call costs {} but limit {:?} allows at most {} per window; it can never be admitted",
+                t.cost, t.limit, t.cap
+            ),
+        ),
+        Refusal::QueueFull { max_queue } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queue_full".to_string(),
+            "queue".to_string(),
+            "provider",
+            String::new(),
+            format!("quota-proxy: {max_queue} calls already wait for provider {provider:?}"),
+        ),
+        Refusal::UnknownProvider(p) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unknown_provider".to_string(),
+            String::new(),
+            "provider",
+            String::new(),
+            format!("quota-proxy: provider {p:?} is not loaded"),
+        ),
+    };
+    let retry_after = refusal.retry_after().map(|us| us as f64 / 1e6);
+    let mut error = serde_json::json!({
+        "type": "quota_exceeded",
+        "code": code,
+        "message": message,
+        "provider": provider,
+        "limit": limit,
+        "scope": scope,
+        "scope_id": scope_id,
+    });
+    if let Some(secs) = retry_after {
+        error["retry_after_seconds"] = serde_json::json!((secs * 10.0).ceil() / 10.0);
+    }
+    let mut resp = json_response(status, &serde_json::json!({ "error": error }), "rejected");
+    if let Some(secs) = retry_after {
+        let whole = secs.ceil().max(1.0) as u64;
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(whole));
+    }
+    resp
 }
 
 #[cfg(test)]

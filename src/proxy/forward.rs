@@ -12,7 +12,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::net::TcpStream;
 
-use super::{count, headers, split_authority, Body, BoxError, ConnInfo, ProxyError, Runtime};
+use super::{
+    count, headers, split_authority, Body, BoxError, ConnInfo, ProxyError, Runtime, Shared,
+};
 use crate::config::{Config, Provider, Unmatched};
 use crate::policy;
 
@@ -42,6 +44,7 @@ impl Destination {
 }
 
 pub async fn handle(
+    shared: &Shared,
     runtime: &Arc<Runtime>,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
@@ -97,6 +100,20 @@ pub async fn handle(
     }
     parts.uri = upstream_uri(&dest)?;
     parts.version = http::Version::HTTP_11;
+    if let Some(provider) = dest
+        .provider
+        .as_ref()
+        .and_then(|p| runtime.provider(&p.name))
+    {
+        let call = super::metered::Call {
+            provider,
+            engine: &shared.persistent.engine,
+            client: &runtime.client,
+            config,
+            hints: &hints,
+        };
+        return super::metered::send(call, parts, body).await;
+    }
     let upstream_req =
         Request::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed());
 
@@ -133,6 +150,7 @@ pub async fn handle(
     count(&label, outcome);
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
+    parts.version = http::Version::HTTP_11;
     Ok(Response::from_parts(
         parts,
         body.map_err(|e| Box::new(e) as BoxError).boxed(),
@@ -326,7 +344,10 @@ pub async fn connect_tcp(
 }
 
 /// A plain sentence for an upstream client error, with its innermost cause.
-fn describe_client_error(authority: &str, e: &hyper_util::client::legacy::Error) -> String {
+pub(super) fn describe_client_error(
+    authority: &str,
+    e: &hyper_util::client::legacy::Error,
+) -> String {
     let mut cause: &dyn std::error::Error = e;
     while let Some(next) = cause.source() {
         cause = next;

@@ -10,6 +10,8 @@ pub mod error;
 mod forward;
 pub mod headers;
 mod intercept;
+mod metered;
+mod settle;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,25 +25,18 @@ use tokio_util::task::TaskTracker;
 
 pub use error::ProxyError;
 
-use crate::config::Config;
-use crate::upstream::UpstreamClient;
+pub use crate::runtime::Runtime;
 
 /// Boxed error for bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type used on both sides.
 pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
-/// Everything a config produces; swapped whole on reload.
-pub struct Runtime {
-    pub config: Arc<Config>,
-    pub client: UpstreamClient,
-    /// Leaf certificates for intercepted hosts; present when a provider intercepts.
-    pub leaves: Option<Arc<crate::tls::LeafCache>>,
-}
-
 /// Process-wide state shared by every connection.
 pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
+    /// Quota state and key pools, kept across reloads.
+    pub persistent: Arc<crate::runtime::Persistent>,
     /// Tracks connections and tunnels so shutdown can drain them.
     pub tracker: TaskTracker,
     /// Fires when shutdown starts.
@@ -78,7 +73,7 @@ pub async fn handle(
     let result = if req.method() == Method::CONNECT && conn.intercepted.is_none() {
         connect::handle(&shared, &runtime, &conn, req).await
     } else {
-        forward::handle(&runtime, &conn, req).await
+        forward::handle(&shared, &runtime, &conn, req).await
     };
     Ok(result.unwrap_or_else(|e| {
         tracing::debug!(status = e.status().as_u16(), error = %e, "refused");

@@ -25,6 +25,16 @@ pub struct Demand<'a> {
     pub priority: Priority,
     /// Estimated costs.
     pub costs: Costs,
+    /// Alternative keys, in preference order: the first whose key- and account-scope
+    /// limits admit the call is chosen (empty: `key`/`account` above are used as given).
+    pub keys: &'a [KeyOption<'a>],
+}
+
+/// One key a call may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyOption<'a> {
+    pub key: &'a str,
+    pub account: Option<&'a str>,
 }
 
 impl<'a> Demand<'a> {
@@ -36,7 +46,14 @@ impl<'a> Demand<'a> {
             account: None,
             priority: Priority::Normal,
             costs,
+            keys: &[],
         }
+    }
+
+    /// Builder: the keys the call may use, in preference order.
+    pub fn with_keys(mut self, keys: &'a [KeyOption<'a>]) -> Self {
+        self.keys = keys;
+        self
     }
 
     /// Builder: sets the key id.

@@ -64,7 +64,7 @@ mod verdict;
 #[cfg(test)]
 mod sim_tests;
 
-pub use admission::Demand;
+pub use admission::{Demand, KeyOption};
 pub use bucket::TokenBucket;
 pub use calendar::{period_bounds, CalendarCounter};
 pub use clock::{duration_micros, Clock, ManualClock, Micros, SystemClock, SECOND};

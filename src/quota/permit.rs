@@ -66,6 +66,7 @@ pub struct Permit {
     pub(crate) reservation: Option<Reservation>,
     pub(crate) delayed: Micros,
     pub(crate) sent: bool,
+    pub(crate) key: Option<usize>,
 }
 
 impl Permit {
@@ -79,7 +80,18 @@ impl Permit {
             reservation: Some(reservation),
             delayed,
             sent: false,
+            key: None,
         }
+    }
+
+    pub(crate) fn with_key(mut self, key: Option<usize>) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// The index of the key option chosen, when the demand offered alternatives.
+    pub fn key(&self) -> Option<usize> {
+        self.key
     }
 
     /// How long the call waited in the queue.

@@ -52,7 +52,8 @@ impl fmt::Debug for ProviderHandle {
 
 /// What one attempt at admission came to.
 enum Attempt {
-    Admitted(Reservation),
+    /// With the index of the chosen key option, if the demand had alternatives.
+    Admitted(Reservation, Option<usize>),
     /// With the provider's policy, read under the same lock.
     Wait(Wait, OnLimit),
     Refused(Refusal),
@@ -106,11 +107,45 @@ impl ProviderHandle {
     }
 
     fn attempt(&self, demand: &Demand<'_>, now: Micros) -> Attempt {
-        match self.with_state(|s| (s.try_admit(demand, now), s.on_limit())) {
-            (Admission::Admitted(r), _) => Attempt::Admitted(r),
-            (Admission::Wait(w), on_limit) => Attempt::Wait(w, on_limit),
-            (Admission::TooLarge(t), _) => Attempt::Refused(Refusal::TooLarge(t)),
+        if demand.keys.is_empty() {
+            return match self.with_state(|s| (s.try_admit(demand, now), s.on_limit())) {
+                (Admission::Admitted(r), _) => Attempt::Admitted(r, None),
+                (Admission::Wait(w), on_limit) => Attempt::Wait(w, on_limit),
+                (Admission::TooLarge(t), _) => Attempt::Refused(Refusal::TooLarge(t)),
+            };
         }
+        // Key alternatives, under one lock: the first that fits wins; otherwise the
+        // earliest time any would fit; TooLarge only if every key is too small.
+        self.with_state(|s| {
+            let on_limit = s.on_limit();
+            let mut wait: Option<Wait> = None;
+            let mut too_large = None;
+            for (i, option) in demand.keys.iter().enumerate() {
+                let mut one = *demand;
+                one.keys = &[];
+                one.key = Some(option.key);
+                one.account = option.account;
+                match s.try_admit(&one, now) {
+                    Admission::Admitted(r) => return Attempt::Admitted(r, Some(i)),
+                    Admission::Wait(w) => {
+                        if wait.as_ref().is_none_or(|best| w.until < best.until) {
+                            wait = Some(w);
+                        }
+                    }
+                    Admission::TooLarge(t) => too_large = Some(t),
+                }
+            }
+            match (wait, too_large) {
+                (Some(w), _) => Attempt::Wait(w, on_limit),
+                (None, Some(t)) => Attempt::Refused(Refusal::TooLarge(t)),
+                (None, None) => Attempt::Refused(Refusal::Limited {
+                    limit: "keys".to_string(),
+                    scope: Scope::Key,
+                    scope_id: String::new(),
+                    retry_after: CONCURRENCY_RETRY_AFTER,
+                }),
+            }
+        })
     }
 
     /// Settles (`Some(actual)`) or cancels (`None`), then wakes the queue.
@@ -176,7 +211,7 @@ impl Provider {
     pub fn try_admit(&self, demand: &Demand<'_>) -> Result<Permit, Refusal> {
         let now = self.0.shared.clock.now();
         match self.0.attempt(demand, now) {
-            Attempt::Admitted(r) => Ok(Permit::new(Arc::clone(&self.0), r, 0)),
+            Attempt::Admitted(r, k) => Ok(Permit::new(Arc::clone(&self.0), r, 0).with_key(k)),
             Attempt::Wait(w, _) => Err(limited(w, now)),
             Attempt::Refused(r) => Err(r),
         }
@@ -203,7 +238,7 @@ impl Provider {
         };
         let on = if h.queue.len() == 0 {
             match h.attempt(&demand, arrival) {
-                Attempt::Admitted(r) => return Ok(Permit::new(Arc::clone(h), r, 0)),
+                Attempt::Admitted(r, k) => return Ok(Permit::new(Arc::clone(h), r, 0).with_key(k)),
                 Attempt::Refused(r) => return Err(r),
                 Attempt::Wait(w, on) if !may_wait(&w, &on, arrival) => {
                     return Err(limited(w, arrival))
@@ -230,9 +265,9 @@ impl Provider {
         loop {
             let now = clock.now();
             let (w, on) = match h.attempt(&demand, now) {
-                Attempt::Admitted(r) => {
+                Attempt::Admitted(r, k) => {
                     let delayed = now.saturating_sub(arrival);
-                    return Ok(Permit::new(Arc::clone(h), r, delayed));
+                    return Ok(Permit::new(Arc::clone(h), r, delayed).with_key(k));
                 }
                 Attempt::Refused(r) => return Err(r),
                 Attempt::Wait(w, on) => (w, on),

@@ -1,0 +1,528 @@
+//! The metered path for calls to a provider: estimate the cost, pick a key, admit (forward,
+//! delay or refuse), inject the key, send, read the upstream's signals, retry what can be
+//! retried, and stream the response back through a usage tap that settles the real cost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::body::{self, RequestBody};
+use super::headers::CallerHints;
+use super::settle::{self, Settlement};
+use super::{count, error, Body, BoxError, ProxyError};
+use crate::config::{Action, Config, Inject};
+use crate::keys::{self, LearnedUnit};
+use crate::quota::{self, Costs, Demand, KeyOption, Micros, Permit, Priority, Refusal};
+use crate::runtime::ProviderRuntime;
+use crate::signals;
+use crate::upstream::UpstreamClient;
+
+/// Error bodies up to this size are read for signals (`insufficient_quota`, RetryInfo, ...).
+const ERROR_BODY_CAP: usize = 64 * 1024;
+
+/// One call to a provider.
+pub struct Call<'a> {
+    pub provider: &'a Arc<ProviderRuntime>,
+    pub engine: &'a quota::Engine,
+    pub client: &'a UpstreamClient,
+    pub config: &'a Config,
+    pub hints: &'a CallerHints,
+}
+
+/// What the request looks like apart from its body (Parts is not Clone).
+struct Head {
+    method: Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+}
+
+pub async fn send(
+    call: Call<'_>,
+    parts: http::request::Parts,
+    incoming: Incoming,
+) -> Result<Response<Body>, ProxyError> {
+    let p = call.provider;
+    let mut head = Head {
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
+    };
+    let mut body = body::buffer(incoming, call.config.proxy.max_body_buffer).await?;
+    let path = head.uri.path().to_string();
+    let strip_usage = add_include_usage(p, &path, &mut body, &mut head.headers);
+    let estimate = {
+        let averages = p.averages.lock().unwrap_or_else(|e| e.into_inner());
+        let info = quota::RequestInfo {
+            method: head.method.as_str(),
+            path: &path,
+            query: head.uri.query(),
+            body: body.whole().map(|b| &b[..]),
+        };
+        p.costs.estimate(&info, &averages)
+    };
+    let costs = estimate.costs;
+    let needs = learned_needs(&costs);
+    let priority = hints_priority(call.hints);
+    let app_key = match p.secrets.is_empty() {
+        true => {
+            keys::inject::app_credential(&head.headers, head.uri.query(), &p.config.keys.inject)
+                .map(|c| keys::inject::credential_id(&c))
+        }
+        false => None,
+    };
+    let retry = &p.config.retry;
+    let replayable = body.whole().is_some_and(|b| b.len() <= retry.max_body);
+    let idempotent = matches!(
+        head.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    );
+    let arrival = call.engine.clock().now();
+    let budget_end = arrival + budget(p, call.hints);
+    let mut attempt = 0u32;
+    let mut body = Some(body);
+    loop {
+        attempt += 1;
+        let admitted = admit(
+            &call,
+            &costs,
+            &needs,
+            priority,
+            app_key.as_deref(),
+            arrival,
+            budget_end,
+        )
+        .await?;
+        let key_idx = admitted.key;
+        let key_label = key_idx
+            .and_then(|i| p.config.keys.keys.get(i))
+            .map(|k| k.id.clone())
+            .or_else(|| app_key.clone());
+        let last_try = attempt >= retry.max_attempts || !replayable;
+        let req_body = match (&body, last_try) {
+            (Some(RequestBody::Whole(b)), false) => RequestBody::Whole(b.clone()),
+            _ => body
+                .take()
+                .unwrap_or(RequestBody::Whole(Default::default())),
+        };
+        let request = build_request(p, &head, req_body, key_idx)?;
+        let mut permit = admitted.permit;
+        permit.mark_sent();
+        let started = tokio::time::Instant::now();
+        let sent = tokio::time::timeout(
+            call.config.proxy.upstream_timeout,
+            call.client.request(request),
+        )
+        .await;
+        metrics::histogram!("quota_proxy_upstream_duration_seconds", "provider" => p.config.name.clone())
+            .record(started.elapsed().as_secs_f64());
+        let resp = match sent {
+            Ok(Ok(resp)) => resp,
+            failed => {
+                end_key(p, key_idx);
+                count(&p.config.name, "upstream_error");
+                // Never reached an answer: the estimate stays charged only if bytes may have
+                // reached the upstream; a connect failure costs nothing.
+                return Err(match failed {
+                    Err(_) => ProxyError::GatewayTimeout(crate::config::format_duration(
+                        call.config.proxy.upstream_timeout,
+                    )),
+                    Ok(Err(e)) => {
+                        if e.is_connect() {
+                            permit.cancel();
+                        }
+                        ProxyError::BadGateway(super::forward::describe_client_error(
+                            &head.uri.to_string(),
+                            &e,
+                        ))
+                    }
+                    Ok(Ok(_)) => ProxyError::BadGateway("unreachable".into()),
+                });
+            }
+        };
+        let now = call.engine.clock().now();
+        let status = resp.status().as_u16();
+        let mut sig = signals::from_headers(&p.families, &p.custom, status, resp.headers(), now);
+        let resp = if status >= 400 {
+            read_error_body(p, resp, &mut sig, now).await
+        } else {
+            resp.map(box_incoming)
+        };
+        settle::observe_key(p, key_idx, key_label.as_deref(), status, &sig, now);
+        let retriable =
+            retry.on.contains(&status) && (status == 429 || idempotent || retry.any_method);
+        if retriable && !last_try {
+            end_key(p, key_idx);
+            permit.settle(&Costs::ZERO.with(quota::Unit::Requests, 1.0));
+            metrics::counter!("quota_proxy_retries_total", "provider" => p.config.name.clone(), "reason" => status.to_string()).increment(1);
+            if !wait_before_retry(p, status, &sig, now, budget_end, attempt).await {
+                return Ok(finish_plain(
+                    p,
+                    resp,
+                    key_label.as_deref(),
+                    admitted.delayed,
+                ));
+            }
+            continue;
+        }
+        let settlement = Settlement {
+            provider: p.clone(),
+            permit,
+            key: key_idx,
+            key_label: key_label.clone(),
+            estimate: costs,
+            model: estimate.model.clone(),
+            route: path.clone(),
+            upstream_cost: sig.cost,
+            clock: call.engine.clock().clone(),
+        };
+        let delayed = admitted.delayed;
+        let outcome = match (status, delayed) {
+            (429, _) => "upstream_429",
+            (_, d) if d > 0 => "delayed",
+            _ => "forwarded",
+        };
+        count(&p.config.name, outcome);
+        if delayed > 0 {
+            metrics::histogram!("quota_proxy_delay_seconds", "provider" => p.config.name.clone())
+                .record(delayed as f64 / 1e6);
+        }
+        let resp = settle::tap_response(resp, settlement, strip_usage);
+        return Ok(decorate(
+            call.engine,
+            p,
+            resp,
+            key_label.as_deref(),
+            delayed,
+            call.hints,
+        ));
+    }
+}
+
+struct Admitted {
+    permit: Permit,
+    key: Option<usize>,
+    delayed: Micros,
+}
+
+/// Picks the usable keys in strategy order and admits the call against every limit.
+async fn admit(
+    call: &Call<'_>,
+    costs: &Costs,
+    needs: &[(LearnedUnit, f64)],
+    priority: Priority,
+    app_key: Option<&str>,
+    arrival: Micros,
+    budget_end: Micros,
+) -> Result<Admitted, ProxyError> {
+    let p = call.provider;
+    let refuse = |r: Refusal| {
+        count(&p.config.name, "rejected");
+        ProxyError::Quota {
+            provider: p.config.name.clone(),
+            refusal: r,
+        }
+    };
+    let remaining = |now: Micros| budget_end.saturating_sub(now);
+    if p.secrets.is_empty() {
+        let mut demand = Demand::new(&call.hints.client, *costs).with_priority(priority);
+        if let Some(k) = app_key {
+            demand = demand.with_key(k);
+        }
+        let permit = p
+            .quota
+            .admit(demand, Some(remaining(arrival)))
+            .await
+            .map_err(refuse)?;
+        let delayed = permit.delayed();
+        return Ok(Admitted {
+            permit,
+            key: None,
+            delayed,
+        });
+    }
+    loop {
+        let now = call.engine.clock().now();
+        let candidates = p.pool.lock().unwrap_or_else(|e| e.into_inner()).candidates(
+            &call.hints.client,
+            needs,
+            now,
+        );
+        if candidates.usable.is_empty() {
+            let delay_ok = p.config.on_limit.action == Action::Delay;
+            match candidates.earliest {
+                Some(t) if delay_ok && t <= budget_end => {
+                    tokio::time::sleep(Duration::from_micros(t.saturating_sub(now).max(1_000)))
+                        .await;
+                    continue;
+                }
+                earliest => {
+                    return Err(refuse(Refusal::Limited {
+                        limit: "keys".into(),
+                        scope: quota::Scope::Key,
+                        scope_id: String::new(),
+                        retry_after: earliest
+                            .map_or(60 * quota::SECOND, |t| t.saturating_sub(now).max(1)),
+                    }))
+                }
+            }
+        }
+        let options: Vec<KeyOption<'_>> = candidates
+            .usable
+            .iter()
+            .filter_map(|&i| p.config.keys.keys.get(i))
+            .map(|k| KeyOption {
+                key: &k.id,
+                account: k.account.as_deref(),
+            })
+            .collect();
+        let demand = Demand::new(&call.hints.client, *costs)
+            .with_priority(priority)
+            .with_keys(&options);
+        let permit = p
+            .quota
+            .admit(demand, Some(remaining(now)))
+            .await
+            .map_err(refuse)?;
+        let chosen = candidates.usable.get(permit.key().unwrap_or(0)).copied();
+        if let Some(i) = chosen {
+            p.pool
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .begin(i, needs);
+        }
+        let delayed = call.engine.clock().now().saturating_sub(arrival);
+        return Ok(Admitted {
+            permit,
+            key: chosen,
+            delayed,
+        });
+    }
+}
+
+/// The delay budget: the provider's `max_delay`, capped by the caller's `x-quota-max-delay`.
+fn budget(p: &ProviderRuntime, hints: &CallerHints) -> Micros {
+    let max = p.config.on_limit.max_delay;
+    quota::duration_micros(hints.max_delay.map_or(max, |h| h.min(max)))
+}
+
+fn hints_priority(hints: &CallerHints) -> Priority {
+    hints.priority.parse().unwrap_or(Priority::Normal)
+}
+
+fn learned_needs(costs: &Costs) -> Vec<(LearnedUnit, f64)> {
+    [
+        (LearnedUnit::Requests, costs.requests),
+        (LearnedUnit::Tokens, costs.tokens),
+        (LearnedUnit::InputTokens, costs.input_tokens),
+        (LearnedUnit::OutputTokens, costs.output_tokens),
+        (LearnedUnit::Credits, costs.credits),
+    ]
+    .into_iter()
+    .filter(|(_, c)| *c > 0.0)
+    .collect()
+}
+
+/// Sets OpenAI's `stream_options.include_usage` when the app did not; true when it did so
+/// (and the extra usage chunk must be removed from what the app receives).
+fn add_include_usage(
+    p: &ProviderRuntime,
+    path: &str,
+    body: &mut RequestBody,
+    headers: &mut http::HeaderMap,
+) -> bool {
+    if !p.openai_usage || !signals::openai_path_takes_include_usage(path) {
+        return false;
+    }
+    let Some(rewritten) = body
+        .whole()
+        .and_then(|b| signals::openai_request_add_include_usage(b))
+    else {
+        return false;
+    };
+    headers.remove(header::CONTENT_LENGTH);
+    *body = RequestBody::Whole(rewritten.into());
+    true
+}
+
+fn build_request(
+    p: &ProviderRuntime,
+    head: &Head,
+    body: RequestBody,
+    key: Option<usize>,
+) -> Result<Request<Body>, ProxyError> {
+    let mut headers = head.headers.clone();
+    let mut uri = head.uri.clone();
+    let mut body = body;
+    if let Some(secret) = key.and_then(|i| p.secrets.get(i)) {
+        let inject = &p.config.keys.inject;
+        keys::inject::into_headers(&mut headers, inject, secret.expose())
+            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        match inject {
+            Inject::Query { param } => {
+                let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+                let new_pq = keys::inject::with_query_key(pq, param, secret.expose());
+                let mut parts = uri.into_parts();
+                parts.path_and_query =
+                    Some(new_pq.parse().map_err(|_| {
+                        ProxyError::BadRequest("cannot add the key to the URL".into())
+                    })?);
+                uri = http::Uri::from_parts(parts)
+                    .map_err(|_| ProxyError::BadRequest("cannot add the key to the URL".into()))?;
+            }
+            Inject::JsonField { field } => {
+                let Some(whole) = body.whole() else {
+                    return Err(ProxyError::PayloadTooLarge(
+                        "the body is too large to carry the key in a JSON field".into(),
+                    ));
+                };
+                let rewritten = keys::inject::with_json_key(whole, field, secret.expose())
+                    .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+                headers.remove(header::CONTENT_LENGTH);
+                body = RequestBody::Whole(rewritten.into());
+            }
+            Inject::Header { .. } => {}
+        }
+    }
+    // Usage is read from the body: ask for it uncompressed.
+    if p.usage.is_some() {
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
+    let mut req = Request::new(body.into_body());
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    Ok(req)
+}
+
+/// Reads a (small) error body for its signals and hands back an equivalent response.
+async fn read_error_body(
+    p: &ProviderRuntime,
+    resp: Response<Incoming>,
+    sig: &mut signals::Signals,
+    now: Micros,
+) -> Response<Body> {
+    let (parts, incoming) = resp.into_parts();
+    let small = incoming
+        .size_hint()
+        .upper()
+        .is_some_and(|n| n as usize <= ERROR_BODY_CAP);
+    if !small {
+        return Response::from_parts(parts, box_incoming(incoming));
+    }
+    match incoming.collect().await {
+        Ok(collected) => {
+            let bytes = collected.to_bytes();
+            signals::from_body(
+                &p.families,
+                &p.custom,
+                parts.status.as_u16(),
+                &bytes,
+                now,
+                sig,
+            );
+            Response::from_parts(parts, error::full(bytes))
+        }
+        Err(e) => Response::from_parts(parts, error::full(format!("upstream body failed: {e}"))),
+    }
+}
+
+fn box_incoming(b: Incoming) -> Body {
+    b.map_err(|e| Box::new(e) as BoxError).boxed()
+}
+
+/// Before a retry: for a 429 with no pool, wait the upstream's Retry-After if it fits the
+/// budget; for 5xx, a short backoff. False when the retry cannot happen in time.
+async fn wait_before_retry(
+    p: &ProviderRuntime,
+    status: u16,
+    sig: &signals::Signals,
+    now: Micros,
+    budget_end: Micros,
+    attempt: u32,
+) -> bool {
+    let until = if status == 429 {
+        if !p.secrets.is_empty() {
+            // The key cools; admission picks another or waits for the earliest one.
+            return true;
+        }
+        sig.cooling_until().unwrap_or(now + quota::SECOND)
+    } else {
+        now + 100_000 * u64::from(attempt)
+    };
+    if until > budget_end {
+        return false;
+    }
+    tokio::time::sleep(Duration::from_micros(until.saturating_sub(now))).await;
+    true
+}
+
+fn end_key(p: &ProviderRuntime, key: Option<usize>) {
+    if let Some(i) = key {
+        p.pool.lock().unwrap_or_else(|e| e.into_inner()).end(i);
+    }
+}
+
+/// An upstream answer returned as is (a retry could not happen in time).
+fn finish_plain(
+    p: &ProviderRuntime,
+    resp: Response<Body>,
+    key: Option<&str>,
+    delayed: Micros,
+) -> Response<Body> {
+    count(&p.config.name, "upstream_429");
+    let (mut parts, body) = resp.into_parts();
+    super::headers::strip_hop_by_hop(&mut parts.headers);
+    parts.version = http::Version::HTTP_11;
+    add_key_headers(&mut parts.headers, key, delayed);
+    Response::from_parts(parts, body)
+}
+
+fn add_key_headers(headers: &mut http::HeaderMap, key: Option<&str>, delayed: Micros) {
+    headers.remove("x-quota-proxy-key");
+    if let Some(v) = key.and_then(|k| HeaderValue::from_str(k).ok()) {
+        headers.insert("x-quota-proxy-key", v);
+    }
+    if delayed > 0 {
+        headers.insert(
+            "x-quota-proxy-delayed-ms",
+            HeaderValue::from(delayed / 1000),
+        );
+    }
+}
+
+/// The response's quota headers: key id, delay, and `RateLimit`/`RateLimit-Policy` for the
+/// tightest limit that applied to this call.
+fn decorate(
+    engine: &quota::Engine,
+    p: &ProviderRuntime,
+    resp: Response<Body>,
+    key: Option<&str>,
+    delayed: Micros,
+    hints: &CallerHints,
+) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    super::headers::strip_hop_by_hop(&mut parts.headers);
+    parts.version = http::Version::HTTP_11;
+    add_key_headers(&mut parts.headers, key, delayed);
+    let now = engine.clock().now();
+    let account = key
+        .and_then(|k| p.config.keys.keys.iter().find(|s| s.id == k))
+        .and_then(|k| k.account.as_deref());
+    if let Some(t) = settle::tightest(&p.quota.snapshot(now), &hints.client, key, account, now) {
+        if let Ok(v) = HeaderValue::from_str(&t.ratelimit()) {
+            parts.headers.insert("ratelimit", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&t.policy()) {
+            parts.headers.insert("ratelimit-policy", v);
+        }
+    }
+    Response::from_parts(parts, body)
+}

@@ -1,0 +1,264 @@
+//! After the upstream answers: what its signals say about the key (state transitions,
+//! learned limits), the usage tap that settles the real cost when the body ends (or the
+//! client leaves), and the tightest limit advertised in `RateLimit` headers.
+
+use std::sync::{Arc, Mutex};
+
+use http::Response;
+use http_body_util::BodyExt;
+
+use super::Body;
+use crate::keys::{KeyEvent, Learned};
+use crate::quota::{self, Clock, Costs, LimitStatus, Micros, Permit, Scope, Unit};
+use crate::runtime::{learned_unit, ProviderRuntime};
+use crate::signals::{self, Signals, TapConfig, TapOutcome, UsageFormat, UsageTap, Verdict};
+
+/// Everything needed to settle a call once its response body is done.
+pub struct Settlement {
+    pub provider: Arc<ProviderRuntime>,
+    pub permit: Permit,
+    pub key: Option<usize>,
+    pub key_label: Option<String>,
+    pub estimate: Costs,
+    pub model: Option<String>,
+    pub route: String,
+    /// Credits the upstream said this call cost (header signal).
+    pub upstream_cost: Option<f64>,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Applies an upstream response's signals to the key that served it.
+pub fn observe_key(
+    p: &ProviderRuntime,
+    key: Option<usize>,
+    label: Option<&str>,
+    status: u16,
+    sig: &Signals,
+    now: Micros,
+) {
+    let learned: Vec<_> = sig
+        .units
+        .iter()
+        .filter_map(|u| {
+            let remaining = u.remaining?;
+            Some((
+                learned_unit(u.unit),
+                Learned {
+                    limit: u.limit,
+                    remaining,
+                    reset_at: u.reset_at,
+                    seen_at: now,
+                },
+            ))
+        })
+        .collect();
+    if sig.malformed > 0 {
+        metrics::counter!("quota_proxy_signal_errors_total", "provider" => p.config.name.clone())
+            .increment(u64::from(sig.malformed));
+    }
+    if let Some(label) = label {
+        for (unit, l) in &learned {
+            metrics::gauge!("quota_proxy_upstream_remaining", "provider" => p.config.name.clone(), "key" => label.to_string(), "unit" => unit.name())
+                .set(l.remaining);
+        }
+    }
+    let Some(i) = key else { return };
+    let event = match sig.verdict {
+        Some(Verdict::RateLimited) => KeyEvent::RateLimited {
+            until: sig.cooling_until().unwrap_or(now + quota::SECOND),
+        },
+        Some(Verdict::OutOfCredit) => KeyEvent::OutOfCredit {
+            until: sig.cooling_until(),
+        },
+        Some(Verdict::Invalid) => KeyEvent::Unauthorized,
+        None if status == 429 => KeyEvent::RateLimited {
+            until: sig.cooling_until().unwrap_or(now + quota::SECOND),
+        },
+        None => KeyEvent::Ok,
+    };
+    let mut pool = p.pool.lock().unwrap_or_else(|e| e.into_inner());
+    let before = pool.keys.get(i).map(|k| k.state.name());
+    pool.observe(i, event, &learned, now);
+    let after = pool.keys.get(i).map(|k| k.state.name());
+    if before != after {
+        tracing::info!(provider = %p.config.name, key = label.unwrap_or(""), from = before.unwrap_or(""), to = after.unwrap_or(""), status, "key state changed");
+    }
+}
+
+/// Wraps the response body in a usage tap; when it ends or is dropped, the call is settled
+/// to its real cost (or, when usage is unknown, kept at the estimate).
+pub fn tap_response(resp: Response<Body>, s: Settlement, strip_usage: bool) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    let format = s.provider.usage.clone();
+    let mut config = TapConfig::for_response(
+        format.clone().unwrap_or(UsageFormat::OpenAi),
+        &parts.headers,
+    )
+    .strip_usage_chunk(strip_usage);
+    if format.is_none() {
+        config.kind = signals::BodyKind::Opaque;
+    }
+    if strip_usage {
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+    }
+    let status = parts.status.as_u16();
+    let cell = Mutex::new(Some(s));
+    let tapped = UsageTap::new(body, config, move |outcome: TapOutcome| {
+        if let Some(s) = cell.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            settle(s, status, outcome);
+        }
+    });
+    Response::from_parts(parts, tapped.boxed())
+}
+
+fn settle(s: Settlement, status: u16, outcome: TapOutcome) {
+    let p = &s.provider;
+    let now = s.clock.now();
+    if let (Some(i), Some(body)) = (s.key, outcome.body.as_ref()) {
+        // Body signals of successful responses (Keepa's tokensLeft/refillIn, custom JSON).
+        let mut sig = Signals::default();
+        signals::from_body(&p.families, &p.custom, status, body, now, &mut sig);
+        if !sig.units.is_empty() {
+            observe_key(p, Some(i), s.key_label.as_deref(), status, &sig, now);
+        }
+    }
+    let mut actual = s.estimate;
+    let usage = outcome.usage.as_ref();
+    if let Some(u) = usage {
+        let (input, output) = (u.input_tokens as f64, u.output_tokens as f64);
+        actual.set(Unit::InputTokens, input);
+        actual.set(Unit::OutputTokens, output);
+        actual.set(Unit::Tokens, input + output);
+        let model = u.model.as_deref().or(s.model.as_deref());
+        if !p.costs.prices.is_empty() || p.costs.usd_per_request.is_some() {
+            actual.set(Unit::Usd, p.costs.usd(model, input, output));
+        }
+        let label = s.key_label.clone().unwrap_or_else(|| "none".into());
+        metrics::counter!("quota_proxy_tokens_total", "provider" => p.config.name.clone(), "key" => label.clone(), "kind" => "input").increment(u.input_tokens);
+        metrics::counter!("quota_proxy_tokens_total", "provider" => p.config.name.clone(), "key" => label.clone(), "kind" => "output").increment(u.output_tokens);
+        let usd = actual.get(Unit::Usd);
+        if usd > 0.0 {
+            metrics::counter!("quota_proxy_cost_usd_micros_total", "provider" => p.config.name.clone(), "key" => label).increment((usd * 1e6) as u64);
+        }
+    }
+    let credits = s.upstream_cost.or(usage.and_then(|u| u.credits));
+    if let Some(c) = credits {
+        actual.set(Unit::Credits, c);
+        p.averages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .observe(&s.route, c);
+    }
+    if status >= 500 || status == 429 {
+        // The upstream refused or failed: only the request itself counts.
+        actual = Costs::ZERO.with(Unit::Requests, 1.0);
+    }
+    if let Some(i) = s.key {
+        p.pool.lock().unwrap_or_else(|e| e.into_inner()).end(i);
+    }
+    s.permit.settle(&actual);
+}
+
+/// The limit with the least room among those that applied to a call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tightest {
+    pub name: String,
+    pub amount: f64,
+    pub remaining: f64,
+    pub window_secs: Option<u64>,
+    pub reset_secs: Option<u64>,
+}
+
+impl Tightest {
+    /// `RateLimit: "name";r=REMAINING;t=RESET` (draft-ietf-httpapi-ratelimit-headers).
+    pub fn ratelimit(&self) -> String {
+        let mut s = format!(
+            "\"{}\";r={}",
+            self.name,
+            self.remaining.floor().max(0.0) as u64
+        );
+        if let Some(t) = self.reset_secs {
+            s.push_str(&format!(";t={t}"));
+        }
+        s
+    }
+
+    /// `RateLimit-Policy: "name";q=AMOUNT;w=WINDOW`.
+    pub fn policy(&self) -> String {
+        let mut s = format!("\"{}\";q={}", self.name, self.amount.floor() as u64);
+        if let Some(w) = self.window_secs {
+            s.push_str(&format!(";w={w}"));
+        }
+        s
+    }
+}
+
+/// Picks, among the counters that apply to (client, key, account), the one with the smallest
+/// remaining fraction.
+pub fn tightest(
+    snapshot: &[LimitStatus],
+    client: &str,
+    key: Option<&str>,
+    account: Option<&str>,
+    now: Micros,
+) -> Option<Tightest> {
+    snapshot
+        .iter()
+        .filter(|l| l.unit != Unit::Concurrent && l.amount > 0.0)
+        .filter(|l| match l.scope {
+            Scope::Provider => true,
+            Scope::Client => l.scope_id == client,
+            Scope::Key => Some(l.scope_id.as_str()) == key,
+            Scope::Account => Some(l.scope_id.as_str()) == account,
+        })
+        .min_by(|a, b| (a.remaining / a.amount).total_cmp(&(b.remaining / b.amount)))
+        .map(|l| Tightest {
+            name: l.name.clone(),
+            amount: l.amount,
+            remaining: l.remaining,
+            window_secs: crate::config::parse_duration(&l.window)
+                .ok()
+                .map(|d| d.as_secs().max(1)),
+            reset_secs: l
+                .resets_at
+                .map(|t| t.saturating_sub(now).div_ceil(quota::SECOND)),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(name: &str, scope: Scope, id: &str, used: f64, amount: f64) -> LimitStatus {
+        LimitStatus {
+            name: name.into(),
+            unit: Unit::Requests,
+            scope,
+            scope_id: id.into(),
+            used,
+            amount,
+            remaining: amount - used,
+            window: "1m".into(),
+            resets_at: Some(30 * quota::SECOND),
+            shares: vec![],
+        }
+    }
+
+    #[test]
+    fn tightest_limit_applies_to_the_call() {
+        let snap = vec![
+            status("rpm", Scope::Provider, "", 10.0, 100.0),
+            status("per-client", Scope::Client, "other", 9.0, 10.0),
+            status("per-client", Scope::Client, "me", 5.0, 10.0),
+            status("per-key", Scope::Key, "k1", 1.0, 10.0),
+        ];
+        let t = tightest(&snap, "me", Some("k1"), None, 0).unwrap();
+        assert_eq!(t.name, "per-client");
+        assert_eq!(t.ratelimit(), "\"per-client\";r=5;t=30");
+        assert_eq!(t.policy(), "\"per-client\";q=10;w=60");
+        assert_eq!(
+            tightest(&snap, "nobody", None, None, 0).unwrap().name,
+            "rpm"
+        );
+    }
+}

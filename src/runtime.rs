@@ -1,0 +1,318 @@
+//! What a config becomes at run time: the upstream client, the interception leaves, and per
+//! provider the engine handle, key pool, cost model and signal families. Quota state and key
+//! pools live in [`Persistent`] and survive reloads; everything else is rebuilt whole.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::config::{self, Config, Provider as ProviderConfig};
+use crate::keys::{self, Pool};
+use crate::quota::{self, CostModel, Engine, RouteAverages};
+use crate::signals::{self, Family, UsageFormat};
+use crate::tls::LeafCache;
+use crate::upstream::UpstreamClient;
+
+/// Everything a config produces; swapped whole on reload.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub client: UpstreamClient,
+    /// Leaf certificates for intercepted hosts; present when a provider intercepts.
+    pub leaves: Option<Arc<LeafCache>>,
+    /// Per provider, by name.
+    pub providers: HashMap<String, Arc<ProviderRuntime>>,
+}
+
+impl Runtime {
+    pub fn provider(&self, name: &str) -> Option<&Arc<ProviderRuntime>> {
+        self.providers.get(name)
+    }
+}
+
+/// State that outlives a config: the quota engine and the key pools.
+pub struct Persistent {
+    pub engine: Arc<Engine>,
+    pub pools: Mutex<HashMap<String, Arc<Mutex<Pool>>>>,
+    pub averages: Mutex<HashMap<String, Arc<Mutex<RouteAverages>>>>,
+}
+
+impl Persistent {
+    pub fn new(clock: Arc<dyn quota::Clock>) -> Self {
+        Persistent {
+            engine: Arc::new(Engine::new(Vec::new(), clock)),
+            pools: Mutex::new(HashMap::new()),
+            averages: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// One provider at run time.
+pub struct ProviderRuntime {
+    pub config: Arc<ProviderConfig>,
+    pub quota: quota::Provider,
+    pub pool: Arc<Mutex<Pool>>,
+    /// Key secrets by pool index.
+    pub secrets: Vec<config::Secret>,
+    pub costs: CostModel,
+    pub averages: Arc<Mutex<RouteAverages>>,
+    pub families: Vec<Family>,
+    pub custom: Vec<signals::CustomSignal>,
+    /// How usage is read from responses (None: not read).
+    pub usage: Option<UsageFormat>,
+    /// Whether the proxy sets OpenAI's `stream_options.include_usage`.
+    pub openai_usage: bool,
+    /// Whether any limit counts tokens or dollars (so request bodies are read for estimates).
+    pub needs_tokens: bool,
+}
+
+/// Builds the per-provider runtimes and applies their specs to the engine.
+pub fn providers(
+    config: &Config,
+    persistent: &Persistent,
+) -> HashMap<String, Arc<ProviderRuntime>> {
+    let specs: Vec<quota::ProviderSpec> =
+        config.providers.iter().map(|p| provider_spec(p)).collect();
+    persistent.engine.replace(specs);
+    let mut pools = persistent.pools.lock().unwrap_or_else(|p| p.into_inner());
+    let mut averages = persistent
+        .averages
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let mut out = HashMap::new();
+    for p in &config.providers {
+        let Some(handle) = persistent.engine.provider(&p.name) else {
+            continue;
+        };
+        let invalid_recheck = quota::duration_micros(p.keys.invalid_recheck);
+        let fresh = Pool::new(
+            p.keys
+                .keys
+                .iter()
+                .map(|k| (k.id.clone(), k.account.clone())),
+            p.keys.strategy,
+            invalid_recheck,
+        );
+        let pool = pools
+            .entry(p.name.clone())
+            .or_insert_with(|| Arc::new(Mutex::new(fresh.clone())))
+            .clone();
+        pool.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reconfigure(fresh);
+        let avg = averages
+            .entry(p.name.clone())
+            .or_insert_with(|| Arc::new(Mutex::new(RouteAverages::new())))
+            .clone();
+        let families: Vec<Family> = p.signals.iter().filter_map(|s| s.parse().ok()).collect();
+        let mut custom: Vec<signals::CustomSignal> =
+            p.custom_signals.iter().map(custom_signal).collect();
+        let mut usage = families.iter().find_map(|f| UsageFormat::for_family(*f));
+        match &p.cost_from {
+            Some(config::CostFrom::Json(ptr)) => {
+                usage = Some(UsageFormat::Custom(vec![(
+                    ptr.clone(),
+                    signals::UsageField::Credits,
+                )]));
+            }
+            Some(config::CostFrom::Header(h)) => custom.push(signals::CustomSignal {
+                source: signals::Source::Header(h.clone()),
+                field: signals::Field::Cost,
+                unit: signals::SignalUnit::Credits,
+                format: signals::Format::Number,
+            }),
+            None => {}
+        }
+        let needs_tokens = p.limits.iter().any(|l| {
+            matches!(
+                l.unit,
+                config::Unit::Tokens
+                    | config::Unit::InputTokens
+                    | config::Unit::OutputTokens
+                    | config::Unit::Usd
+            )
+        });
+        let rt = ProviderRuntime {
+            config: p.clone(),
+            quota: handle,
+            pool,
+            secrets: p.keys.keys.iter().map(|k| k.secret.clone()).collect(),
+            costs: cost_model(p),
+            averages: avg,
+            openai_usage: families.contains(&Family::OpenAi),
+            families,
+            custom,
+            usage,
+            needs_tokens,
+        };
+        out.insert(p.name.clone(), Arc::new(rt));
+    }
+    pools.retain(|name, _| out.contains_key(name));
+    out
+}
+
+fn unit(u: config::Unit) -> quota::Unit {
+    match u {
+        config::Unit::Requests => quota::Unit::Requests,
+        config::Unit::Tokens => quota::Unit::Tokens,
+        config::Unit::InputTokens => quota::Unit::InputTokens,
+        config::Unit::OutputTokens => quota::Unit::OutputTokens,
+        config::Unit::Credits => quota::Unit::Credits,
+        config::Unit::Usd => quota::Unit::Usd,
+        config::Unit::Concurrent => quota::Unit::Concurrent,
+    }
+}
+
+fn limit_spec(l: &config::Limit) -> quota::LimitSpec {
+    let window = match l.window {
+        config::Window::Rolling(d) => quota::WindowKind::Rolling {
+            len: quota::duration_micros(d),
+        },
+        config::Window::TokenBucket { every, burst } => quota::WindowKind::TokenBucket {
+            len: quota::duration_micros(every),
+            burst,
+        },
+        config::Window::Calendar { period, tz } => quota::WindowKind::Calendar {
+            period: match period {
+                config::CalendarPeriod::Hour => quota::CalendarPeriod::Hour,
+                config::CalendarPeriod::Day => quota::CalendarPeriod::Day,
+                config::CalendarPeriod::Week => quota::CalendarPeriod::Week,
+                config::CalendarPeriod::Month => quota::CalendarPeriod::Month,
+            },
+            tz,
+        },
+        config::Window::InFlight => quota::WindowKind::None,
+    };
+    let scope = match l.scope {
+        config::Scope::Provider => quota::Scope::Provider,
+        config::Scope::Key => quota::Scope::Key,
+        config::Scope::Account => quota::Scope::Account,
+        config::Scope::Client => quota::Scope::Client,
+    };
+    let mut spec = quota::LimitSpec::new(l.name.clone(), unit(l.unit), l.amount, window)
+        .with_scope(scope)
+        .with_reserve(quota::PriorityReserve {
+            high: l.reserve.high,
+            normal: l.reserve.normal,
+            low: l.reserve.low,
+        });
+    if let Some(w) = l.warn_at {
+        spec = spec.with_warn_at(w);
+    }
+    spec
+}
+
+/// The engine's view of a provider.
+pub fn provider_spec(p: &ProviderConfig) -> quota::ProviderSpec {
+    let limits: Vec<quota::LimitSpec> = p.limits.iter().map(limit_spec).collect();
+    let key_limits = p
+        .keys
+        .keys
+        .iter()
+        .filter(|k| !k.limits.is_empty())
+        .map(|k| {
+            let overrides = p
+                .limits
+                .iter()
+                .filter_map(|l| {
+                    k.limits.get(&l.name).map(|amount| {
+                        limit_spec(&config::Limit {
+                            amount: *amount,
+                            ..l.clone()
+                        })
+                    })
+                })
+                .collect();
+            (k.id.clone(), overrides)
+        })
+        .collect();
+    let mut spec = quota::ProviderSpec::new(p.name.clone(), limits);
+    spec.key_limits = key_limits;
+    spec.shares = p.clients.as_ref().map(|c| quota::ClientShares {
+        shares: c.shares.clone(),
+        borrow: c.borrow,
+    });
+    spec.shadow = p.mode == config::Mode::Shadow;
+    spec.on_limit = quota::OnLimit {
+        action: match p.on_limit.action {
+            config::Action::Delay => quota::OnLimitAction::Delay,
+            config::Action::Reject => quota::OnLimitAction::Reject,
+        },
+        max_delay: quota::duration_micros(p.on_limit.max_delay),
+        max_queue: p.on_limit.max_queue,
+    };
+    spec
+}
+
+fn cost_model(p: &ProviderConfig) -> CostModel {
+    CostModel {
+        routes: p
+            .costs
+            .iter()
+            .map(|c| quota::RouteCost {
+                path: c.path.clone(),
+                credits: match &c.credits {
+                    config::Credits::Fixed(n) => quota::CreditRule::Fixed(*n),
+                    config::Credits::Product(params) => quota::CreditRule::Product(params.clone()),
+                },
+            })
+            .collect(),
+        fixed_credits: p.cost,
+        prices: p
+            .prices
+            .iter()
+            .map(|(m, pr)| {
+                (
+                    m.clone(),
+                    quota::Price {
+                        input: pr.input,
+                        output: pr.output,
+                    },
+                )
+            })
+            .collect(),
+        usd_per_request: p.usd_per_request,
+    }
+}
+
+fn custom_signal(c: &config::CustomSignal) -> signals::CustomSignal {
+    signals::CustomSignal {
+        source: match &c.source {
+            config::SignalSource::Header(h) => signals::Source::Header(h.clone()),
+            config::SignalSource::Json(j) => signals::Source::Json(j.clone()),
+        },
+        field: match c.field {
+            config::SignalField::Limit => signals::Field::Limit,
+            config::SignalField::Remaining => signals::Field::Remaining,
+            config::SignalField::Reset => signals::Field::Reset,
+            config::SignalField::Cost => signals::Field::Cost,
+        },
+        unit: learned_signal_unit(c.unit),
+        format: match c.format {
+            config::SignalFormat::Number => signals::Format::Number,
+            config::SignalFormat::Seconds => signals::Format::Seconds,
+            config::SignalFormat::Epoch => signals::Format::Epoch,
+            config::SignalFormat::Duration => signals::Format::Duration,
+            config::SignalFormat::Rfc3339 => signals::Format::Rfc3339,
+        },
+    }
+}
+
+fn learned_signal_unit(u: config::Unit) -> signals::SignalUnit {
+    match u {
+        config::Unit::Tokens => signals::SignalUnit::Tokens,
+        config::Unit::InputTokens => signals::SignalUnit::InputTokens,
+        config::Unit::OutputTokens => signals::SignalUnit::OutputTokens,
+        config::Unit::Credits | config::Unit::Usd => signals::SignalUnit::Credits,
+        config::Unit::Requests | config::Unit::Concurrent => signals::SignalUnit::Requests,
+    }
+}
+
+/// The key pool's unit for a signal unit.
+pub fn learned_unit(u: signals::SignalUnit) -> keys::LearnedUnit {
+    match u {
+        signals::SignalUnit::Requests => keys::LearnedUnit::Requests,
+        signals::SignalUnit::Tokens => keys::LearnedUnit::Tokens,
+        signals::SignalUnit::InputTokens => keys::LearnedUnit::InputTokens,
+        signals::SignalUnit::OutputTokens => keys::LearnedUnit::OutputTokens,
+        signals::SignalUnit::Credits => keys::LearnedUnit::Credits,
+    }
+}
