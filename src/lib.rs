@@ -34,6 +34,7 @@ pub mod proxy;
 pub mod quota;
 pub mod runtime;
 pub mod signals;
+pub mod stats;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

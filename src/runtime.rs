@@ -9,6 +9,7 @@ use crate::config::{self, Config, Provider as ProviderConfig};
 use crate::keys::{self, Pool};
 use crate::quota::{self, CostModel, Engine, RouteAverages};
 use crate::signals::{self, Family, UsageFormat};
+use crate::stats::ProviderStats;
 use crate::tls::LeafCache;
 use crate::upstream::UpstreamClient;
 
@@ -33,6 +34,7 @@ pub struct Persistent {
     pub engine: Arc<Engine>,
     pub pools: Mutex<HashMap<String, Arc<Mutex<Pool>>>>,
     pub averages: Mutex<HashMap<String, Arc<Mutex<RouteAverages>>>>,
+    pub stats: Mutex<HashMap<String, Arc<ProviderStats>>>,
 }
 
 impl Persistent {
@@ -41,6 +43,7 @@ impl Persistent {
             engine: Arc::new(Engine::new(Vec::new(), clock)),
             pools: Mutex::new(HashMap::new()),
             averages: Mutex::new(HashMap::new()),
+            stats: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -62,6 +65,7 @@ pub struct ProviderRuntime {
     pub openai_usage: bool,
     /// Whether any limit counts tokens or dollars (so request bodies are read for estimates).
     pub needs_tokens: bool,
+    pub stats: Arc<ProviderStats>,
 }
 
 /// Builds the per-provider runtimes and applies their specs to the engine.
@@ -77,6 +81,7 @@ pub fn providers(
         .averages
         .lock()
         .unwrap_or_else(|p| p.into_inner());
+    let mut stats = persistent.stats.lock().unwrap_or_else(|p| p.into_inner());
     let mut out = HashMap::new();
     for p in &config.providers {
         let Some(handle) = persistent.engine.provider(&p.name) else {
@@ -142,6 +147,7 @@ pub fn providers(
             custom,
             usage,
             needs_tokens,
+            stats: stats.entry(p.name.clone()).or_default().clone(),
         };
         out.insert(p.name.clone(), Arc::new(rt));
     }

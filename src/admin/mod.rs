@@ -1,5 +1,8 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/reload` (SPEC §9). It sits beside
-//! the proxy, never inside the request path.
+//! The admin listener (SPEC §9): `/healthz`, `/readyz`, `/metrics`, `/status`, `/status/{p}`,
+//! `/history`, `POST /reload`, `POST /providers/{p}/keys/{id}/reset`. It sits beside the
+//! proxy, never inside the request path.
+
+mod status;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -83,6 +86,10 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
         }
         (&Method::GET, "/metrics") => match &admin.metrics {
             Some(h) => {
+                status::refresh_gauges(
+                    &admin.shared.runtime.load(),
+                    &admin.shared.persistent.engine,
+                );
                 let mut resp = text(StatusCode::OK, h.render());
                 resp.headers_mut().insert(
                     http::header::CONTENT_TYPE,
@@ -106,13 +113,59 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
                 "error",
             ),
         },
-        (_, "/healthz" | "/readyz" | "/metrics" | "/reload") => json_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "method",
-            "method not allowed",
-            "error",
-        ),
+        (&Method::GET, "/status") => {
+            let v = status::status(
+                &admin.shared.runtime.load(),
+                &admin.shared.persistent.engine,
+                None,
+            );
+            json_response(StatusCode::OK, &v.unwrap_or_default(), "admin")
+        }
+        (&Method::GET, path) if path.starts_with("/status/") => {
+            let name = &path["/status/".len()..];
+            match status::status(
+                &admin.shared.runtime.load(),
+                &admin.shared.persistent.engine,
+                Some(name),
+            ) {
+                Some(v) => json_response(StatusCode::OK, &v, "admin"),
+                None => json_error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "provider",
+                    &format!("no provider named {name:?}"),
+                    "error",
+                ),
+            }
+        }
+        (&Method::GET, "/history") => {
+            match status::history(
+                &admin.shared.runtime.load(),
+                &admin.shared.persistent.engine,
+                req.uri().query(),
+            ) {
+                Ok(v) => json_response(StatusCode::OK, &v, "admin"),
+                Err(e) => json_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "history",
+                    &e,
+                    "error",
+                ),
+            }
+        }
+        (&Method::POST, path) if path.starts_with("/providers/") && path.ends_with("/reset") => {
+            reset_key(admin, path)
+        }
+        (_, "/healthz" | "/readyz" | "/metrics" | "/reload" | "/status" | "/history") => {
+            json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method",
+                "method not allowed",
+                "error",
+            )
+        }
         (_, path) => json_error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -120,6 +173,49 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
             &format!("no admin endpoint {path}"),
             "error",
         ),
+    }
+}
+
+/// `POST /providers/{p}/keys/{id}/reset`: clears a key's cooling/invalid/out_of_credit state.
+fn reset_key(admin: &Admin, path: &str) -> Response<Body> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (provider, key) = match parts.as_slice() {
+        ["providers", p, "keys", k, "reset"] => (*p, *k),
+        _ => {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "path",
+                "expected /providers/{provider}/keys/{id}/reset",
+                "error",
+            )
+        }
+    };
+    let rt = admin.shared.runtime.load();
+    let Some(p) = rt.provider(provider) else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "provider",
+            &format!("no provider named {provider:?}"),
+            "error",
+        );
+    };
+    if p.pool.lock().unwrap_or_else(|e| e.into_inner()).reset(key) {
+        tracing::info!(provider, key, "key state reset by the admin API");
+        json_response(
+            StatusCode::OK,
+            &serde_json::json!({"provider": provider, "key": key, "state": "active"}),
+            "admin",
+        )
+    } else {
+        json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "key",
+            &format!("provider {provider:?} has no key {key:?}"),
+            "error",
+        )
     }
 }
 

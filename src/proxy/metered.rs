@@ -20,6 +20,7 @@ use crate::keys::{self, LearnedUnit};
 use crate::quota::{self, Costs, Demand, KeyOption, Micros, Permit, Priority, Refusal};
 use crate::runtime::ProviderRuntime;
 use crate::signals;
+use crate::stats::Bucket;
 use crate::upstream::UpstreamClient;
 
 /// Error bodies up to this size are read for signals (`insufficient_quota`, RetryInfo, ...).
@@ -125,6 +126,15 @@ pub async fn send(
             failed => {
                 end_key(p, key_idx);
                 count(&p.config.name, "upstream_error");
+                record(
+                    p,
+                    call.engine,
+                    Bucket {
+                        requests: 1,
+                        upstream_errors: 1,
+                        ..Bucket::default()
+                    },
+                );
                 // Never reached an answer: the estimate stays charged only if bytes may have
                 // reached the upstream; a connect failure costs nothing.
                 return Err(match failed {
@@ -155,6 +165,17 @@ pub async fn send(
         settle::observe_key(p, key_idx, key_label.as_deref(), status, &sig, now);
         let retriable =
             retry.on.contains(&status) && (status == 429 || idempotent || retry.any_method);
+        record(
+            p,
+            call.engine,
+            Bucket {
+                requests: 1,
+                upstream_429: u64::from(status == 429),
+                upstream_errors: u64::from(status >= 500),
+                delayed: u64::from(admitted.delayed > 0 && attempt == 1),
+                ..Bucket::default()
+            },
+        );
         if retriable && !last_try {
             end_key(p, key_idx);
             permit.settle(&Costs::ZERO.with(quota::Unit::Requests, 1.0));
@@ -203,6 +224,10 @@ pub async fn send(
     }
 }
 
+fn record(p: &ProviderRuntime, engine: &quota::Engine, delta: Bucket) {
+    p.stats.record(engine.clock().now(), delta);
+}
+
 struct Admitted {
     permit: Permit,
     key: Option<usize>,
@@ -222,6 +247,14 @@ async fn admit(
     let p = call.provider;
     let refuse = |r: Refusal| {
         count(&p.config.name, "rejected");
+        record(
+            p,
+            call.engine,
+            Bucket {
+                rejected: 1,
+                ..Bucket::default()
+            },
+        );
         ProxyError::Quota {
             provider: p.config.name.clone(),
             refusal: r,

@@ -137,6 +137,15 @@ fn settle(s: Settlement, status: u16, outcome: TapOutcome) {
         metrics::counter!("quota_proxy_tokens_total", "provider" => p.config.name.clone(), "key" => label.clone(), "kind" => "input").increment(u.input_tokens);
         metrics::counter!("quota_proxy_tokens_total", "provider" => p.config.name.clone(), "key" => label.clone(), "kind" => "output").increment(u.output_tokens);
         let usd = actual.get(Unit::Usd);
+        p.stats.record(
+            now,
+            crate::stats::Bucket {
+                input_tokens: u.input_tokens,
+                output_tokens: u.output_tokens,
+                usd,
+                ..Default::default()
+            },
+        );
         if usd > 0.0 {
             metrics::counter!("quota_proxy_cost_usd_micros_total", "provider" => p.config.name.clone(), "key" => label).increment((usd * 1e6) as u64);
         }
