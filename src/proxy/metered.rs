@@ -278,6 +278,7 @@ async fn admit(
             delayed,
         });
     }
+    let mut key_wait: Micros = 0;
     loop {
         let now = call.engine.clock().now();
         let candidates = p.pool.lock().unwrap_or_else(|e| e.into_inner()).candidates(
@@ -289,8 +290,9 @@ async fn admit(
             let delay_ok = p.config.on_limit.action == Action::Delay;
             match candidates.earliest {
                 Some(t) if delay_ok && t <= budget_end => {
-                    tokio::time::sleep(Duration::from_micros(t.saturating_sub(now).max(1_000)))
-                        .await;
+                    let pause = t.saturating_sub(now).max(1_000);
+                    tokio::time::sleep(Duration::from_micros(pause)).await;
+                    key_wait += pause;
                     continue;
                 }
                 earliest => {
@@ -328,7 +330,7 @@ async fn admit(
                 .unwrap_or_else(|e| e.into_inner())
                 .begin(i, needs);
         }
-        let delayed = call.engine.clock().now().saturating_sub(arrival);
+        let delayed = permit.delayed() + key_wait;
         return Ok(Admitted {
             permit,
             key: chosen,
