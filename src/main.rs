@@ -32,6 +32,14 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Show every provider's limits, keys and totals from a running proxy's admin API.
+    Status {
+        /// Admin API base URL (default: admin.listen of the config, else http://127.0.0.1:9090).
+        #[arg(long)]
+        admin: Option<String>,
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
     /// Manage the local CA used for TLS interception.
     Ca {
         #[command(subcommand)]
@@ -70,6 +78,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config_path(config)),
+        Command::Status { admin, config } => match status(admin, config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("quota-proxy: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Ca { command } => match ca(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -102,6 +117,31 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn status(admin: Option<String>, config: Option<PathBuf>) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let (url, token) = match admin {
+        Some(url) => (url, std::env::var("QUOTA_PROXY_ADMIN_TOKEN").ok()),
+        None => match config::load(&config_path(config)) {
+            Ok(cfg) => (
+                format!("http://{}", cfg.admin.listen),
+                cfg.admin.token.map(|t| t.expose().to_string()),
+            ),
+            Err(_) => ("http://127.0.0.1:9090".to_string(), None),
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let doc = runtime
+        .block_on(quota_proxy::admin::terminal::fetch(&url, token.as_deref()))
+        .map_err(anyhow::Error::msg)?;
+    print!(
+        "{}",
+        quota_proxy::admin::terminal::render(&doc, std::io::stdout().is_terminal())
+    );
+    Ok(())
 }
 
 fn ca(command: CaCommand) -> anyhow::Result<()> {

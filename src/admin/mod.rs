@@ -3,6 +3,7 @@
 //! proxy, never inside the request path.
 
 mod status;
+pub mod terminal;
 
 use std::convert::Infallible;
 use std::sync::Arc;
