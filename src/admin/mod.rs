@@ -5,6 +5,9 @@
 mod status;
 pub mod terminal;
 
+/// The self-contained dashboard (no external assets); it polls `/status` and `/history`.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -77,6 +80,14 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
         }
     }
     match (req.method(), req.uri().path()) {
+        (&Method::GET, "/") => {
+            let mut resp = text(StatusCode::OK, DASHBOARD);
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            resp
+        }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             if *admin.shared.shutdown.borrow() {
