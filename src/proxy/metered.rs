@@ -180,7 +180,18 @@ pub async fn send(
             end_key(p, key_idx);
             permit.settle(&Costs::ZERO.with(quota::Unit::Requests, 1.0));
             metrics::counter!("quota_proxy_retries_total", "provider" => p.config.name.clone(), "reason" => status.to_string()).increment(1);
-            if !wait_before_retry(p, status, &sig, now, budget_end, attempt).await {
+            if !wait_before_retry(
+                p,
+                status,
+                &sig,
+                now,
+                budget_end,
+                attempt,
+                &call.hints.client,
+                &needs,
+            )
+            .await
+            {
                 return Ok(finish_plain(
                     p,
                     resp,
@@ -482,11 +493,20 @@ async fn wait_before_retry(
     now: Micros,
     budget_end: Micros,
     attempt: u32,
+    client: &str,
+    needs: &[(LearnedUnit, f64)],
 ) -> bool {
     let until = if status == 429 {
         if !p.secrets.is_empty() {
-            // The key cools; admission picks another or waits for the earliest one.
-            return true;
+            // The key now cools: retry only if another key is usable, or one frees within
+            // the budget (delay mode); else the upstream's own 429 goes back to the app.
+            let c = p
+                .pool
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .candidates(client, needs, now);
+            let delay = p.config.on_limit.action == Action::Delay;
+            return !c.usable.is_empty() || (delay && c.earliest.is_some_and(|t| t <= budget_end));
         }
         sig.cooling_until().unwrap_or(now + quota::SECOND)
     } else {

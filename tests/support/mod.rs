@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod handlers;
 pub mod proxy;
+pub mod quota;
 pub mod upstream;
 pub mod wait;
 
@@ -20,7 +21,8 @@ pub use ca::{client_config_for_roots, roots_from_pem_file, TestCa};
 pub use client::*;
 pub use config::{toml_str, ConfigBuilder};
 pub use handlers::*;
-pub use proxy::{run_cli, Proxy};
+pub use proxy::{run_cli, run_cli_with_env, Proxy};
+pub use quota::*;
 pub use upstream::{MockUpstream, Recorded};
 pub use wait::eventually;
 

@@ -234,10 +234,19 @@ pub const CLI_TIMEOUT: Duration = Duration::from_secs(20);
 /// Runs the binary with `args` in `cwd` to completion (for `check`, `ca`, ...); a command still
 /// running after [`CLI_TIMEOUT`] is killed and the test fails with its output.
 pub fn run_cli(args: &[&str], cwd: &Path) -> Output {
-    let mut child = Command::new(binary())
-        .args(args)
+    run_cli_with_env(args, cwd, &[])
+}
+
+/// Like [`run_cli`], with extra environment variables for the child.
+pub fn run_cli_with_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(binary());
+    cmd.args(args)
         .current_dir(cwd)
-        .env_remove("QUOTA_PROXY_CONFIG")
+        .env_remove("QUOTA_PROXY_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
