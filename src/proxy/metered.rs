@@ -180,18 +180,7 @@ pub async fn send(
             end_key(p, key_idx);
             permit.settle(&Costs::ZERO.with(quota::Unit::Requests, 1.0));
             metrics::counter!("quota_proxy_retries_total", "provider" => p.config.name.clone(), "reason" => status.to_string()).increment(1);
-            if !wait_before_retry(
-                p,
-                status,
-                &sig,
-                now,
-                budget_end,
-                attempt,
-                &call.hints.client,
-                &needs,
-            )
-            .await
-            {
+            if !wait_before_retry(&call, status, &sig, now, budget_end, attempt, &needs).await {
                 return Ok(finish_plain(
                     p,
                     resp,
@@ -487,24 +476,24 @@ fn box_incoming(b: Incoming) -> Body {
 /// Before a retry: for a 429 with no pool, wait the upstream's Retry-After if it fits the
 /// budget; for 5xx, a short backoff. False when the retry cannot happen in time.
 async fn wait_before_retry(
-    p: &ProviderRuntime,
+    call: &Call<'_>,
     status: u16,
     sig: &signals::Signals,
     now: Micros,
     budget_end: Micros,
     attempt: u32,
-    client: &str,
     needs: &[(LearnedUnit, f64)],
 ) -> bool {
+    let p = call.provider;
     let until = if status == 429 {
         if !p.secrets.is_empty() {
             // The key now cools: retry only if another key is usable, or one frees within
             // the budget (delay mode); else the upstream's own 429 goes back to the app.
-            let c = p
-                .pool
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .candidates(client, needs, now);
+            let c = p.pool.lock().unwrap_or_else(|e| e.into_inner()).candidates(
+                &call.hints.client,
+                needs,
+                now,
+            );
             let delay = p.config.on_limit.action == Action::Delay;
             return !c.usable.is_empty() || (delay && c.earliest.is_some_and(|t| t <= budget_end));
         }
