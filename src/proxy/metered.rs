@@ -213,14 +213,22 @@ pub async fn send(
                 .record(delayed as f64 / 1e6);
         }
         let resp = settle::tap_response(resp, settlement, strip_usage);
-        return Ok(decorate(
+        let mut resp = decorate(
             call.engine,
             p,
             resp,
             key_label.as_deref(),
             delayed,
             call.hints,
-        ));
+        );
+        if retriable && !replayable {
+            // Say why an answer the proxy would have retried was not.
+            resp.headers_mut().insert(
+                "x-quota-proxy-retry",
+                HeaderValue::from_static("skipped: request body larger than retry.max_body"),
+            );
+        }
+        return Ok(resp);
     }
 }
 
