@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{self, Config};
 use crate::proxy::{Runtime, Shared};
 use crate::runtime::Persistent;
+use crate::state;
 use crate::tls::{self, CaFiles, CertificateAuthority, LeafCache};
 use crate::upstream::{self, UpstreamSetupError};
 
@@ -25,7 +26,17 @@ pub enum AppError {
     #[error(transparent)]
     Upstream(#[from] UpstreamSetupError),
     #[error("TLS interception CA: {0}")]
-    Ca(#[from] tls::CaError),
+    Ca(tls::CaError),
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error("state file {0}: {1}; move it aside to start with empty counters")]
+    Restore(String, String),
+}
+
+impl From<tls::CaError> for AppError {
+    fn from(e: tls::CaError) -> Self {
+        AppError::Ca(e)
+    }
 }
 
 /// Builds everything a config produces.
@@ -115,19 +126,86 @@ impl Reloader {
     }
 }
 
-/// Runs the proxy until `shutdown` resolves, then drains for up to `drain_timeout`.
-/// `reload` yields each time a reload is requested (SIGHUP).
+/// Loads the saved state into the engine, pools and statistics before anything is served.
+/// A corrupt file, or values that cannot be used, stop the start: usage is never read as zero.
+fn restore_state(persistent: &Persistent, store: &dyn state::Store) -> Result<(), AppError> {
+    match store.load()? {
+        Some(snapshot) => {
+            let report = state::restore(persistent, snapshot, persistent.engine.clock().now());
+            if !report.is_clean() {
+                return Err(AppError::Restore(
+                    store.describe(),
+                    report.errors().join("; "),
+                ));
+            }
+            tracing::info!(backend = %store.describe(), "{report}");
+        }
+        None => {
+            tracing::info!(backend = %store.describe(), "no saved state; starting with empty counters")
+        }
+    }
+    Ok(())
+}
+
+/// Saves a snapshot (off the async threads); false when it failed.
+async fn flush(persistent: &Persistent, store: &Arc<dyn state::Store>) -> bool {
+    let snapshot = state::capture(persistent, persistent.engine.clock().now());
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || store.save(&snapshot)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            metrics::counter!("quota_proxy_state_backend_errors_total").increment(1);
+            tracing::warn!("state flush failed: {e}");
+            false
+        }
+        Err(e) => {
+            tracing::error!("state flush task failed: {e}");
+            false
+        }
+    }
+}
+
+/// Everything built before the proxy binds and announces itself: the runtime of the config
+/// and the saved state, loaded. Failing here means the proxy never says it is ready.
+pub struct Prepared {
+    path: std::path::PathBuf,
+    persistent: Arc<Persistent>,
+    runtime: Runtime,
+    store: Arc<dyn state::Store>,
+}
+
+/// Builds the runtime and restores the saved state (must run inside a tokio runtime).
+pub fn prepare(config: Config) -> Result<Prepared, AppError> {
+    let path = config.source.clone();
+    let persistent = Arc::new(Persistent::new(Arc::new(crate::quota::SystemClock::new())));
+    let state_settings = config.state.clone();
+    let runtime = build_runtime(config, &persistent)?;
+    let store: Arc<dyn state::Store> = Arc::from(state::open(&state_settings)?);
+    restore_state(&persistent, store.as_ref())?;
+    Ok(Prepared {
+        path,
+        persistent,
+        runtime,
+        store,
+    })
+}
+
+/// Serves a prepared proxy until `shutdown` resolves, then drains for up to `drain_timeout`
+/// and saves the state. `reload_requests` yields each time a reload is asked for (SIGHUP).
 pub async fn run(
-    config: Config,
+    prepared: Prepared,
     proxy_listener: TcpListener,
     admin_listener: TcpListener,
     metrics: Option<PrometheusHandle>,
     shutdown: impl Future<Output = ()>,
     mut reload_requests: tokio::sync::mpsc::Receiver<()>,
 ) -> Result<(), AppError> {
-    let path = config.source.clone();
-    let persistent = Arc::new(Persistent::new(Arc::new(crate::quota::SystemClock::new())));
-    let runtime = build_runtime(config, &persistent)?;
+    let Prepared {
+        path,
+        persistent,
+        runtime,
+        store,
+    } = prepared;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         runtime: ArcSwap::from_pointee(runtime),
@@ -152,6 +230,16 @@ pub async fn run(
             let _ = reloader.reload();
         }
     });
+    let flusher = {
+        let (shared, store) = (shared.clone(), store.clone());
+        tokio::spawn(async move {
+            loop {
+                // Re-read each time so a reload's flush_interval applies.
+                tokio::time::sleep(shared.runtime.load().config.state.flush_interval).await;
+                flush(&shared.persistent, &store).await;
+            }
+        })
+    };
 
     shutdown.await;
     let drain = shared.runtime.load().config.proxy.drain_timeout;
@@ -169,6 +257,11 @@ pub async fn run(
         );
     }
     reload_task.abort();
+    flusher.abort();
+    let _ = flusher.await;
+    if !flush(&shared.persistent, &store).await {
+        tracing::error!(backend = %store.describe(), "the final state flush failed: usage since the last flush is lost");
+    }
     let _ = admin_task.await;
     tracing::info!("stopped");
     Ok(())

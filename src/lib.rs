@@ -20,6 +20,8 @@
 //! - [`keys`]: key pools, key states and injection.
 //! - [`signals`]: upstream rate-limit signals and streaming usage taps.
 //! - [`runtime`]: what a config becomes at run time, per provider.
+//! - [`state`]: durable state: snapshots, the `Store` trait, the local state file.
+//! - [`stats`]: per-provider totals and hourly history.
 //! - [`app`]: wiring, reload and graceful drain.
 //! - [`tls`]: the local CA, leaf certificates and their cache (interception).
 //! - [`telemetry`]: logging and the metrics recorder.
@@ -34,6 +36,7 @@ pub mod proxy;
 pub mod quota;
 pub mod runtime;
 pub mod signals;
+pub mod state;
 pub mod stats;
 pub mod telemetry;
 pub mod tls;

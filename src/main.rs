@@ -201,6 +201,7 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let prepared = quota_proxy::app::prepare(cfg.clone())?;
         let proxy = tokio::net::TcpListener::bind(cfg.proxy.listen)
             .await
             .with_context(|| format!("cannot listen on {} (proxy.listen)", cfg.proxy.listen))?;
@@ -236,7 +237,7 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
                 _ = int.recv() => tracing::info!("SIGINT received"),
             }
         };
-        quota_proxy::app::run(cfg, proxy, admin, Some(metrics), shutdown, reload_rx).await?;
+        quota_proxy::app::run(prepared, proxy, admin, Some(metrics), shutdown, reload_rx).await?;
         Ok(())
     })
 }

@@ -99,6 +99,29 @@ impl ProviderStats {
             .collect()
     }
 
+    /// Replaces everything with `data` (restoring the state file): hours are put in order,
+    /// a repeated hour is summed, and only the newest [`HISTORY_HOURS`] are kept, as
+    /// [`ProviderStats::record`] would have.
+    pub fn restore(&self, data: StatsData) {
+        let mut hours: Vec<(Micros, Bucket)> = data.hours.into_iter().collect();
+        hours.sort_by_key(|(h, _)| *h);
+        let mut merged: VecDeque<(Micros, Bucket)> = VecDeque::with_capacity(hours.len());
+        for (h, b) in hours {
+            match merged.back_mut() {
+                Some((last, acc)) if *last == h => acc.add(&b),
+                _ => merged.push_back((h, b)),
+            }
+        }
+        while merged.len() > HISTORY_HOURS {
+            merged.pop_front();
+        }
+        let mut d = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        *d = StatsData {
+            totals: data.totals,
+            hours: merged,
+        };
+    }
+
     pub fn data(&self) -> StatsData {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -151,6 +174,51 @@ mod tests {
         );
         assert_eq!(h[1].1, Bucket::default(), "an empty hour is listed");
         assert_eq!(h[2].1.usd, 0.5);
+    }
+
+    #[test]
+    fn restore_orders_merges_and_bounds_hours() {
+        let one = Bucket {
+            requests: 1,
+            ..Default::default()
+        };
+        let mut hours: VecDeque<(Micros, Bucket)> = (0..(HISTORY_HOURS as u64 + 5))
+            .rev()
+            .map(|i| (i * HOUR, one))
+            .collect();
+        hours.push_back((3 * HOUR, one));
+        let data = StatsData {
+            totals: Bucket {
+                requests: 7,
+                ..Default::default()
+            },
+            hours,
+        };
+        let json = serde_json::to_string(&data).unwrap();
+        let s = ProviderStats::default();
+        s.restore(serde_json::from_str(&json).unwrap());
+        let d = s.data();
+        assert_eq!(d.totals.requests, 7);
+        assert_eq!(d.hours.len(), HISTORY_HOURS);
+        assert_eq!(d.hours[0].0, 5 * HOUR, "the oldest are dropped");
+        assert!(d
+            .hours
+            .iter()
+            .zip(d.hours.iter().skip(1))
+            .all(|(a, b)| a.0 < b.0));
+        let last = HISTORY_HOURS as u64 + 4;
+        s.record(last * HOUR + 1, one);
+        assert_eq!(
+            s.history(last * HOUR, 1)[0].1.requests,
+            2,
+            "records after a restore"
+        );
+        let repeated = StatsData {
+            hours: [(3 * HOUR, one), (3 * HOUR, one)].into_iter().collect(),
+            ..Default::default()
+        };
+        s.restore(repeated);
+        assert_eq!(s.data().hours, [(3 * HOUR, Bucket { requests: 2, ..one })]);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 
 use std::hash::{Hash, Hasher};
 
+use serde::{Deserialize, Serialize};
+
 use super::state::{transition, KeyEvent, KeyState};
 use super::Micros;
 use crate::config::Strategy;
@@ -26,6 +28,12 @@ impl LearnedUnit {
         LearnedUnit::OutputTokens,
         LearnedUnit::Credits,
     ];
+
+    /// The unit named `name` (as [`LearnedUnit::name`] spells it).
+    pub fn from_name(name: &str) -> Option<LearnedUnit> {
+        LearnedUnit::ALL.into_iter().find(|u| u.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         [
             "requests",
@@ -37,8 +45,8 @@ impl LearnedUnit {
     }
 }
 
-/// What the upstream last said about one unit of one key.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// What the upstream last said about one unit of one key (kept in the state file).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Learned {
     pub limit: Option<f64>,
     pub remaining: f64,

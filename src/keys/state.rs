@@ -3,10 +3,14 @@
 //! window resets), `invalid` (401/403, rechecked after `invalid_recheck`), `out_of_credit`
 //! (until the next calendar reset or a manual reset).
 
+use serde::{Deserialize, Serialize};
+
 use super::Micros;
 
-/// A key's state; every non-active state says until when (if known).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// A key's state; every non-active state says until when (if known). In the state file it
+/// reads `{"name": "cooling", "until": 1780000000000000}` (times in µs since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case")]
 pub enum KeyState {
     Active,
     Cooling { until: Micros },

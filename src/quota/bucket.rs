@@ -38,6 +38,23 @@ impl TokenBucket {
         self.burst
     }
 
+    /// Tokens available at [`TokenBucket::last_refill`] (negative: a debt).
+    pub fn level(&self) -> f64 {
+        self.level
+    }
+
+    /// When the level was last brought up to date.
+    pub fn last_refill(&self) -> Micros {
+        self.last
+    }
+
+    /// Sets the level the bucket had at `last` (restoring a state file; the caller checks
+    /// that `level` is finite and at most the burst).
+    pub fn restore(&mut self, level: f64, last: Micros) {
+        self.level = level;
+        self.last = last;
+    }
+
     #[inline]
     fn level_at(&self, now: Micros) -> f64 {
         if now <= self.last {

@@ -180,6 +180,24 @@ impl CalendarCounter {
         self.start
     }
 
+    /// End of the current period (0 before the first use).
+    pub fn period_end(&self) -> Micros {
+        self.end
+    }
+
+    /// Sets the usage of the period containing `start` (restoring a state file). Returns
+    /// `false`, changing nothing, when that period is over at `now`.
+    pub fn restore(&mut self, start: Micros, used: f64, now: Micros) -> bool {
+        let (s, e) = period_bounds(self.period, self.tz, start);
+        if now >= e {
+            return false;
+        }
+        self.start = s;
+        self.end = e;
+        self.used = used;
+        true
+    }
+
     /// Whether `cost` fits under `cap` now, else the next reset.
     pub fn fit(&mut self, cost: f64, cap: f64, now: Micros) -> Fit {
         self.advance(now);

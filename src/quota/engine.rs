@@ -7,7 +7,9 @@ use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use crate::quota::admission::Demand;
 use crate::quota::clock::{Clock, Micros};
+use crate::quota::import::ImportReport;
 use crate::quota::permit::{Permit, Refusal};
+use crate::quota::persist::EngineExport;
 use crate::quota::provider::{Provider, ProviderHandle, Shared, WarnHook};
 use crate::quota::spec::ProviderSpec;
 use crate::quota::status::LimitStatus;
@@ -134,6 +136,35 @@ impl Engine {
             map.values().cloned().collect()
         };
         handles.iter().map(|h| h.lock().prune(now)).sum()
+    }
+
+    /// Every provider's non-empty counters at `now`, for the state file (concurrency and
+    /// warning state excepted; reservations in flight count at their estimate).
+    pub fn export(&self, now: Micros) -> EngineExport {
+        let providers = self
+            .providers()
+            .into_iter()
+            .filter_map(|name| {
+                let p = self.provider(&name)?;
+                let export = p.0.lock().export(now);
+                Some((name, export))
+            })
+            .collect();
+        EngineExport { providers }
+    }
+
+    /// Restores exported counters at `now` into the configured providers: limits whose
+    /// identity still exists get their counters back, windows already over start fresh,
+    /// and invalid values are reported, never read as zero (see [`ImportReport`]).
+    pub fn import(&self, export: EngineExport, now: Micros) -> ImportReport {
+        let mut report = ImportReport::default();
+        for (name, provider) in export.providers {
+            match self.provider(&name) {
+                Some(p) => p.0.lock().import(provider, now, &mut report),
+                None => report.unknown_providers.push(name),
+            }
+        }
+        report
     }
 
     /// Applies a reloaded config: providers are added, removed or reconfigured; counters

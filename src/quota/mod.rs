@@ -21,6 +21,9 @@
 //! - **Engine** ([`Engine`], [`Provider`]): a `Mutex<ProviderState>` per provider (never held
 //!   across an await), the FIFO delay queue, the injected [`Clock`], [`Permit`]s that always
 //!   settle, warnings, and config reloads.
+//! - **Persistence** ([`EngineExport`], [`Engine::export`], [`Engine::import`]): the
+//!   counters as plain data with absolute times, keyed by limit identity and scope id, for
+//!   the state file; restoring continues windows that are still open. Still pure.
 //! - **Cost estimation** ([`CostModel`], [`RouteAverages`]): what a call will cost before it
 //!   is sent.
 //!
@@ -44,8 +47,10 @@ mod concurrency;
 mod cost;
 mod engine;
 mod fit;
+mod import;
 mod meter;
 mod permit;
+mod persist;
 mod priority;
 mod provider;
 mod queue;
@@ -62,6 +67,8 @@ mod unit;
 mod verdict;
 
 #[cfg(test)]
+mod persist_tests;
+#[cfg(test)]
 mod sim_tests;
 
 pub use admission::{Demand, KeyOption};
@@ -72,8 +79,12 @@ pub use concurrency::ConcurrencyGauge;
 pub use cost::{CostModel, Estimate, Price, RequestInfo};
 pub use engine::Engine;
 pub use fit::Fit;
+pub use import::{ImportProblem, ImportReport, MAX_CLOCK_SKEW};
 pub use meter::Meter;
 pub use permit::{Permit, Refusal};
+pub use persist::{
+    CounterExport, EngineExport, LimitExport, MeterExport, ProviderExport, ShareUse, WindowExport,
+};
 pub use priority::{Priority, PriorityReserve, UnknownPriority};
 pub use provider::{Provider, WarnHook, CONCURRENCY_RETRY_AFTER, QUEUE_LIMIT};
 pub use reservation::Reservation;

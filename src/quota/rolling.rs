@@ -142,6 +142,37 @@ impl RollingWindow {
             .max(0.0)
     }
 
+    /// Sub-bucket width in µs.
+    pub fn width(&self) -> Micros {
+        self.width
+    }
+
+    /// The non-empty sub-buckets still counted at `now`, oldest first, as
+    /// `(sub-bucket start µs, units)` (for the state file).
+    pub fn buckets(&self, now: Micros) -> Vec<(Micros, f64)> {
+        let b = (now / self.width).max(self.head);
+        let oldest = b.saturating_sub(self.n);
+        (oldest..=self.head)
+            .map(|k| (k.saturating_mul(self.width), self.ring[self.slot(k)]))
+            .filter(|&(_, v)| v != 0.0)
+            .collect()
+    }
+
+    /// Counts `units` in the sub-bucket holding `at`, as seen at `now` (restoring a state
+    /// file). Returns `false`, counting nothing, when that sub-bucket has left the window.
+    pub fn restore(&mut self, at: Micros, units: f64, now: Micros) -> bool {
+        self.advance(now);
+        self.advance(at);
+        let k = at / self.width;
+        if k.saturating_add(self.n) < self.head {
+            return false;
+        }
+        let i = self.slot(k);
+        self.ring[i] += units;
+        self.sum += units;
+        true
+    }
+
     /// When everything counted at `now` will have left the window (`None` when empty).
     pub fn resets_at(&self, now: Micros) -> Option<Micros> {
         let b = (now / self.width).max(self.head);

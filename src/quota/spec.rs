@@ -10,7 +10,8 @@ use crate::quota::priority::PriorityReserve;
 use crate::quota::unit::Unit;
 
 /// Whose usage a limit counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// One counter for the whole provider (scope id `""`).
     Provider,
@@ -41,7 +42,8 @@ impl fmt::Display for Scope {
 }
 
 /// A calendar period; weeks start on Monday.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CalendarPeriod {
     /// Resets at every hour boundary of the zone.
     Hour,

@@ -6,7 +6,8 @@ use std::str::FromStr;
 use crate::quota::fit::non_negative;
 
 /// The unit a limit counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Unit {
     /// One per call.
     Requests,
