@@ -13,7 +13,12 @@ use support::*;
 
 fn chromium() -> String {
     for bin in ["chromium", "chromium-browser", "google-chrome"] {
-        if Command::new("sh").arg("-c").arg(format!("command -v {bin}")).output().is_ok_and(|o| o.status.success()) {
+        if Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {bin}"))
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
             return bin.to_string();
         }
     }
@@ -40,7 +45,11 @@ fn browse(bin: &str, profile: &std::path::Path, url: &str, extra: &[&str]) -> St
         .arg(url)
         .output()
         .expect("run chromium");
-    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -80,7 +89,10 @@ action = "reject"
     let (status, body) = admin_get(proxy.admin_addr, "/status/mock").await;
     assert_eq!(status, 200);
     let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
-    let limits = status["providers"]["mock"]["limits"].as_array().expect("limits").clone();
+    let limits = status["providers"]["mock"]["limits"]
+        .as_array()
+        .expect("limits")
+        .clone();
 
     let profile = tempfile::tempdir().expect("profile dir");
     let url = format!("http://{}/", proxy.admin_addr);
@@ -90,17 +102,36 @@ action = "reject"
     })
     .await
     .expect("browser task");
-    assert!(dom.contains("data-provider=\"mock\""), "no card for provider mock in:\n{dom}");
+    assert!(
+        dom.contains("data-provider=\"mock\""),
+        "no card for provider mock in:\n{dom}"
+    );
     for l in &limits {
         let name = l["name"].as_str().expect("name");
-        let used = limit_field(&dom, name, "used").unwrap_or_else(|| panic!("limit {name} not rendered"));
+        let used =
+            limit_field(&dom, name, "used").unwrap_or_else(|| panic!("limit {name} not rendered"));
         let amount = limit_field(&dom, name, "amount").expect("amount rendered");
-        assert_eq!(used.parse::<f64>().ok(), l["used"].as_f64(), "used of {name}");
-        assert_eq!(amount.parse::<f64>().ok(), l["amount"].as_f64(), "amount of {name}");
+        assert_eq!(
+            used.parse::<f64>().ok(),
+            l["used"].as_f64(),
+            "used of {name}"
+        );
+        assert_eq!(
+            amount.parse::<f64>().ok(),
+            l["amount"].as_f64(),
+            "amount of {name}"
+        );
     }
-    assert_eq!(limit_field(&dom, "rpm", "used").as_deref(), Some("4"), "4 admitted, 2 refused");
+    assert_eq!(
+        limit_field(&dom, "rpm", "used").as_deref(),
+        Some("4"),
+        "4 admitted, 2 refused"
+    );
     assert!(dom.contains("class=\"red\""), "a spent limit is drawn red");
-    assert!(dom.contains("rejected <span class=\"rejected\">2</span>"), "totals rendered");
+    assert!(
+        dom.contains("rejected <span class=\"rejected\">2</span>"),
+        "totals rendered"
+    );
 
     // Keep a screenshot for people to look at (target/dashboard.png).
     let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard.png");

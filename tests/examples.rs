@@ -17,7 +17,11 @@ fn check(path: &Path) -> (bool, String) {
         }
     }
     let out = cmd.output().expect("run quota-proxy check");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -30,7 +34,10 @@ fn example_configs_pass_check() {
         if path.extension().is_some_and(|e| e == "toml") {
             let (ok, text) = check(&path);
             assert!(ok, "{} failed check:\n{text}", path.display());
-            assert!(!text.contains("placeholder-key"), "check must not print key values:\n{text}");
+            assert!(
+                !text.contains("placeholder-key"),
+                "check must not print key values:\n{text}"
+            );
             seen += 1;
         }
     }
