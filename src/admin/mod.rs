@@ -68,7 +68,8 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        let open = matches!(req.uri().path(), "/healthz" | "/readyz");
+        // The dashboard page holds no data; it sends the token with its own API calls.
+        let open = matches!(req.uri().path(), "/healthz" | "/readyz" | "/");
         if !open && given != Some(token.expose()) {
             return json_error(
                 StatusCode::UNAUTHORIZED,
@@ -90,8 +91,18 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
         }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
+            let backend = admin.shared.persistent.engine.backend();
             if *admin.shared.shutdown.borrow() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+            } else if let Some(b) = backend
+                .filter(|b| b.is_down() && b.on_error() == crate::quota::shared::OnError::Deny)
+            {
+                // With `on_backend_error = "deny"` every quota call is refused meanwhile.
+                let msg = format!(
+                    "not ready: the redis state backend (prefix {:?}) is unreachable\n",
+                    b.prefix()
+                );
+                text(StatusCode::SERVICE_UNAVAILABLE, msg)
             } else {
                 text(StatusCode::OK, "ready\n")
             }

@@ -10,14 +10,18 @@ pub fn describe(cfg: &Config) -> String {
     let _ = writeln!(out, "{}: OK", cfg.source.display());
     let _ = writeln!(
         out,
-        "proxy on {} (unmatched: {}), admin on {}, state: {:?}",
+        "proxy on {} (unmatched: {}), admin on {}, state: {}",
         cfg.proxy.listen,
         match cfg.proxy.unmatched {
             Unmatched::Tunnel => "tunnel",
             Unmatched::Deny => "deny",
         },
         cfg.admin.listen,
-        cfg.state.backend
+        match cfg.state.backend {
+            Backend::Memory => "memory".to_string(),
+            Backend::Local => format!("local file in {}", cfg.state.dir.display()),
+            Backend::Redis => format!("redis ({})", cfg.state.redis_prefix),
+        }
     );
     for p in &cfg.providers {
         let _ = writeln!(
@@ -60,7 +64,13 @@ pub fn describe(cfg: &Config) -> String {
             );
         } else {
             let ids: Vec<&str> = p.keys.keys.iter().map(|k| k.id.as_str()).collect();
-            let _ = writeln!(out, "  keys: {} ({:?})", ids.join(", "), p.keys.strategy);
+            let strategy = match p.keys.strategy {
+                Strategy::RoundRobin => "round_robin",
+                Strategy::LeastUsed => "least_used",
+                Strategy::FillFirst => "fill_first",
+                Strategy::Sticky => "sticky",
+            };
+            let _ = writeln!(out, "  keys: {} ({strategy})", ids.join(", "));
         }
         for l in &p.limits {
             let _ = writeln!(out, "  limit {}: {}", l.name, limit_in_words(l));
