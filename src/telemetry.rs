@@ -60,7 +60,54 @@ fn describe() {
         "Connections closed because the request head did not arrive within header_read_timeout."
     );
     describe_gauge!(
-        "quota_proxy_connections_open",
-        "Client connections currently open."
+        "quota_proxy_limit_used",
+        "Units used of each limit, by provider, limit and scope id."
+    );
+    describe_gauge!(
+        "quota_proxy_limit_amount",
+        "The amount of each limit, in its unit, by provider, limit and scope id."
+    );
+    describe_gauge!(
+        "quota_proxy_limit_remaining",
+        "Units each limit still admits now, by provider, limit and scope id."
+    );
+    describe_histogram!(
+        "quota_proxy_delay_seconds",
+        Unit::Seconds,
+        "How long delayed calls waited for room before being sent."
+    );
+    describe_gauge!(
+        "quota_proxy_queue_length",
+        "Calls waiting for room, by provider."
+    );
+    describe_gauge!(
+        "quota_proxy_upstream_remaining",
+        "What the upstream last said a key has left, by provider, key and unit."
+    );
+    describe_counter!(
+        "quota_proxy_tokens_total",
+        "Tokens used as reported by the upstream, by provider, key and kind (input, output)."
+    );
+    describe_counter!(
+        "quota_proxy_cost_usd_micros_total",
+        "Spend in millionths of a US dollar, by provider and key."
+    );
+    describe_gauge!("quota_proxy_key_state", "1 for the current state of each key (active, cooling, exhausted, invalid, out_of_credit), else 0.");
+    describe_counter!(
+        "quota_proxy_retries_total",
+        "Calls retried transparently, by provider and the upstream status that caused the retry."
+    );
+    describe_counter!("quota_proxy_signal_errors_total", "Upstream quota signals (headers, body fields) that could not be parsed and were ignored, by provider.");
+    describe_counter!(
+        "quota_proxy_leaf_certificates_minted_total",
+        "Leaf certificates created for intercepted hosts."
+    );
+    describe_counter!(
+        "quota_proxy_tls_handshake_errors_total",
+        "Failed TLS handshakes on intercepted tunnels, by reason."
+    );
+    describe_counter!(
+        "quota_proxy_state_backend_errors_total",
+        "Failed state backend operations (flushes of the local file, Redis calls)."
     );
 }
