@@ -39,8 +39,26 @@ pub struct Persistent {
 
 impl Persistent {
     pub fn new(clock: Arc<dyn quota::Clock>) -> Self {
+        let engine = Engine::new(Vec::new(), clock);
+        // `warn_at`: one log line and one metric increment when a limit crosses its threshold
+        // (once per window and scope id).
+        engine.set_warn_hook(Arc::new(|provider: &str, w: &quota::WarnEvent| {
+            tracing::warn!(
+                provider,
+                limit = %w.limit,
+                scope = w.scope.as_str(),
+                scope_id = %w.scope_id,
+                used = w.used,
+                amount = w.amount,
+                "limit is {:.0}% used (warn_at {:.0}%)",
+                100.0 * w.used / w.amount.max(f64::MIN_POSITIVE),
+                100.0 * w.warn_at
+            );
+            metrics::counter!("quota_proxy_limit_warnings_total", "provider" => provider.to_string(), "limit" => w.limit.clone())
+                .increment(1);
+        }));
         Persistent {
-            engine: Arc::new(Engine::new(Vec::new(), clock)),
+            engine: Arc::new(engine),
             pools: Mutex::new(HashMap::new()),
             averages: Mutex::new(HashMap::new()),
             stats: Mutex::new(HashMap::new()),

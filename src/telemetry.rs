@@ -107,6 +107,10 @@ fn describe() {
         "Failed TLS handshakes on intercepted tunnels, by reason."
     );
     describe_counter!(
+        "quota_proxy_limit_warnings_total",
+        "Times a limit crossed its warn_at threshold (once per window and scope id), by provider and limit."
+    );
+    describe_counter!(
         "quota_proxy_state_backend_errors_total",
         "Failed state backend operations (flushes of the local file, Redis calls)."
     );
