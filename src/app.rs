@@ -182,6 +182,10 @@ pub fn prepare(config: Config) -> Result<Prepared, AppError> {
     let runtime = build_runtime(config, &persistent)?;
     let store: Arc<dyn state::Store> = Arc::from(state::open(&state_settings)?);
     restore_state(&persistent, store.as_ref())?;
+    let clock = persistent.engine.clock().clone();
+    if let Some(backend) = state::open_shared(&state_settings, clock)? {
+        persistent.engine.set_backend(backend);
+    }
     Ok(Prepared {
         path,
         persistent,

@@ -67,6 +67,8 @@ pub struct StateSettings {
     pub flush_interval: Duration,
     pub redis_url: Option<String>,
     pub redis_prefix: String,
+    /// Bound on one Redis call; beyond it `on_backend_error` decides.
+    pub redis_timeout: Duration,
     pub on_backend_error: OnBackendError,
 }
 

@@ -83,6 +83,7 @@ pub struct RawState {
     pub flush_interval: Option<Dur>,
     pub redis_url: Option<Text>,
     pub redis_prefix: Option<Text>,
+    pub redis_timeout: Option<Dur>,
     pub on_backend_error: Option<OnBackendError>,
 }
 

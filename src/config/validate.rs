@@ -65,6 +65,11 @@ pub fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config> {
             .redis_prefix
             .map(|t| t.0)
             .unwrap_or_else(|| "quota-proxy".into()),
+        redis_timeout: raw
+            .state
+            .redis_timeout
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_millis(100)),
         on_backend_error: raw.state.on_backend_error.unwrap_or(OnBackendError::Local),
     };
     if state.backend == Backend::Redis && state.redis_url.is_none() {

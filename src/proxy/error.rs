@@ -55,7 +55,8 @@ impl ProxyError {
             ProxyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Quota {
-                refusal: crate::quota::Refusal::QueueFull { .. },
+                refusal:
+                    crate::quota::Refusal::QueueFull { .. } | crate::quota::Refusal::BackendDown,
                 ..
             } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Quota { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -189,6 +190,14 @@ pub fn quota_refusal(provider: &str, refusal: &crate::quota::Refusal) -> Respons
             "provider",
             String::new(),
             format!("quota-proxy: {max_queue} calls already wait for provider {provider:?}"),
+        ),
+        Refusal::BackendDown => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "state_backend_down".to_string(),
+            String::new(),
+            "provider",
+            String::new(),
+            "quota-proxy: the shared quota backend (Redis) is unreachable and on_backend_error = \"deny\"".to_string(),
         ),
         Refusal::UnknownProvider(p) => (
             StatusCode::SERVICE_UNAVAILABLE,

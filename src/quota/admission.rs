@@ -80,7 +80,7 @@ const MAX_PENDING_WARNINGS: usize = 1024;
 
 /// The scope id a limit counts this demand under, or `None` when it does not apply.
 #[inline]
-fn scope_id<'d>(e: &Entry, d: &Demand<'d>) -> Option<&'d str> {
+pub(crate) fn scope_id<'d>(e: &Entry, d: &Demand<'d>) -> Option<&'d str> {
     match e.spec.scope {
         Scope::Provider => Some(""),
         Scope::Account => d.account,

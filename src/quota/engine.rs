@@ -35,6 +35,7 @@ impl Engine {
         let shared = Arc::new(Shared {
             clock,
             warn_hook: OnceLock::new(),
+            backend: OnceLock::new(),
         });
         let providers = specs
             .into_iter()
@@ -50,6 +51,17 @@ impl Engine {
     /// return `false`). Without a hook, events wait in [`Engine::take_warnings`].
     pub fn set_warn_hook(&self, hook: WarnHook) -> bool {
         self.shared.warn_hook.set(hook).is_ok()
+    }
+
+    /// Makes every admission go through the shared backend (once; later calls are
+    /// ignored and return `false`). Providers keep their local state as the fallback.
+    pub fn set_backend(&self, backend: Arc<crate::quota::shared::RedisBackend>) -> bool {
+        self.shared.backend.set(backend).is_ok()
+    }
+
+    /// The shared backend, if any.
+    pub fn backend(&self) -> Option<&Arc<crate::quota::shared::RedisBackend>> {
+        self.shared.backend.get()
     }
 
     /// The engine's clock.

@@ -24,6 +24,9 @@
 //! - **Persistence** ([`EngineExport`], [`Engine::export`], [`Engine::import`]): the
 //!   counters as plain data with absolute times, keyed by limit identity and scope id, for
 //!   the state file; restoring continues windows that are still open. Still pure.
+//! - **Shared mode** ([`shared`], `backend = "redis"`): the engine's admission loop is
+//!   unchanged, but each attempt is one atomic Lua script call in Redis on the server's
+//!   clock; the local [`ProviderState`] stays as the `on_backend_error = "local"` fallback.
 //! - **Cost estimation** ([`CostModel`], [`RouteAverages`]): what a call will cost before it
 //!   is sent.
 //!
@@ -59,6 +62,7 @@ mod reservation;
 mod rolling;
 mod route_cost;
 mod settle;
+pub mod shared;
 mod shares;
 mod spec;
 mod state;

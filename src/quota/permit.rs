@@ -31,6 +31,9 @@ pub enum Refusal {
     /// The cost exceeds what the limit could ever give (`request_too_large`, no retry).
     #[error("cost {} exceeds limit {:?} (at most {} of {})", .0.cost, .0.limit, .0.cap, .0.amount)]
     TooLarge(TooLarge),
+    /// The shared quota backend cannot be asked and `on_backend_error = "deny"`.
+    #[error("the shared quota backend is unreachable")]
+    BackendDown,
     /// `max_queue` calls already wait for this provider.
     #[error("{max_queue} calls already wait for this provider")]
     QueueFull {

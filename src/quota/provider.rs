@@ -31,6 +31,8 @@ pub type WarnHook = Arc<dyn Fn(&str, &WarnEvent) + Send + Sync>;
 pub(crate) struct Shared {
     pub clock: Arc<dyn Clock>,
     pub warn_hook: OnceLock<WarnHook>,
+    /// Set once in shared mode (`backend = "redis"`): admissions go to Redis.
+    pub backend: OnceLock<Arc<crate::quota::shared::RedisBackend>>,
 }
 
 /// One provider: its state and its queue.
@@ -38,7 +40,7 @@ pub(crate) struct ProviderHandle {
     name: Box<str>,
     state: Mutex<ProviderState>,
     pub(crate) queue: DelayQueue,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl fmt::Debug for ProviderHandle {
@@ -51,7 +53,7 @@ impl fmt::Debug for ProviderHandle {
 }
 
 /// What one attempt at admission came to.
-enum Attempt {
+pub(crate) enum Attempt {
     /// With the index of the chosen key option, if the demand had alternatives.
     Admitted(Reservation, Option<usize>),
     /// With the provider's policy, read under the same lock.
@@ -106,7 +108,7 @@ impl ProviderHandle {
         out
     }
 
-    fn attempt(&self, demand: &Demand<'_>, now: Micros) -> Attempt {
+    pub(crate) fn attempt(&self, demand: &Demand<'_>, now: Micros) -> Attempt {
         if demand.keys.is_empty() {
             return match self.with_state(|s| (s.try_admit(demand, now), s.on_limit())) {
                 (Admission::Admitted(r), _) => Attempt::Admitted(r, None),
@@ -149,7 +151,10 @@ impl ProviderHandle {
     }
 
     /// Settles (`Some(actual)`) or cancels (`None`), then wakes the queue.
-    pub(crate) fn settle(&self, r: Reservation, actual: Option<&Costs>) {
+    pub(crate) fn settle(&self, mut r: Reservation, actual: Option<&Costs>) {
+        if let Some(ticket) = r.shared.take() {
+            self.settle_shared(&ticket, actual);
+        }
         // The admission time gives the same result as the current time (see
         // `ProviderState::settle`) and saves a clock read.
         let now = r.admitted_at;
@@ -237,7 +242,7 @@ impl Provider {
                 && (!w.on_release || now < deadline)
         };
         let on = if h.queue.len() == 0 {
-            match h.attempt(&demand, arrival) {
+            match h.attempt_async(&demand, arrival).await {
                 Attempt::Admitted(r, k) => return Ok(Permit::new(Arc::clone(h), r, 0).with_key(k)),
                 Attempt::Refused(r) => return Err(r),
                 Attempt::Wait(w, on) if !may_wait(&w, &on, arrival) => {
@@ -264,7 +269,7 @@ impl Provider {
         };
         loop {
             let now = clock.now();
-            let (w, on) = match h.attempt(&demand, now) {
+            let (w, on) = match h.attempt_async(&demand, now).await {
                 Attempt::Admitted(r, k) => {
                     let delayed = now.saturating_sub(arrival);
                     return Ok(Permit::new(Arc::clone(h), r, delayed).with_key(k));
@@ -275,11 +280,15 @@ impl Provider {
             if !may_wait(&w, &on, now) {
                 return Err(limited(w, now));
             }
-            let wake_at = if w.until > now {
+            let mut wake_at = if w.until > now {
                 w.until
             } else {
                 deadline(&on)
             };
+            if w.on_release && h.shared.backend.get().is_some() {
+                // Other replicas' releases wake nobody here: ask again soon.
+                wake_at = wake_at.min(now.saturating_add(crate::quota::shared::POLL));
+            }
             h.queue.sleep(wake_at.saturating_sub(now)).await;
         }
     }

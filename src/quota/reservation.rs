@@ -39,6 +39,8 @@ pub struct Reservation {
     pub(crate) estimate: Costs,
     pub(crate) admitted_at: Micros,
     pub(crate) shadow_verdict: Option<Box<Verdict>>,
+    /// Shared mode: what the reservation holds in Redis.
+    pub(crate) shared: Option<Box<crate::quota::shared::Ticket>>,
 }
 
 impl Reservation {
@@ -56,6 +58,7 @@ impl Reservation {
             estimate,
             admitted_at: now,
             shadow_verdict: None,
+            shared: None,
         }
     }
 

@@ -33,6 +33,9 @@ pub enum StateError {
     /// The snapshot could not be turned into JSON (a bug, not an I/O problem).
     #[error("state: cannot encode the snapshot: {0}")]
     Encode(String),
+    /// The Redis backend could not be set up (an invalid `redis_url`).
+    #[error("state backend redis: {0}")]
+    Redis(String),
     /// The configured backend is not part of this build.
     #[error("state backend {0:?} is not available in this build")]
     Unsupported(&'static str),

@@ -1,0 +1,118 @@
+-- quota-proxy: one admission, atomically, on the Redis server's clock.
+-- KEYS[i]: the counter of item i. ARGV[1]: item count; then 5 fields per item:
+--   kind ('r' rolling | 'b' token bucket | 'c' calendar | 'k' concurrency), cost, cap, p1, p2
+--   r: p1 = sub-bucket width µs, p2 = sub-buckets per window (n)
+--   b: p1 = refill rate per µs, p2 = burst
+--   c: p1 = period start µs, p2 = period end µs (computed by the proxy)
+--   k: p1 = lease µs, p2 = lease member (unique per call)
+-- Replies: {1, now} admitted | {0, until, item, on_release, now} wait |
+--          {2, item, now} too large | {3, now} calendar bounds stale (recompute, call again)
+local MARGIN = 60000 -- ms kept beyond a counter's last relevant instant
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = tonumber(ARGV[1])
+
+local function fits(used, cost, cap)
+  return used + cost <= cap + 1e-9 * math.max(math.abs(cap), 1)
+end
+
+local function rolling(key, cost, cap, width, buckets)
+  local head = math.floor(now / width)
+  local raw = redis.call('HGETALL', key)
+  local order, vals, sum, old = {}, {}, 0, {}
+  for j = 1, #raw, 2 do
+    local b, v = tonumber(raw[j]), tonumber(raw[j + 1])
+    if b + buckets < head then
+      old[#old + 1] = raw[j]
+    else
+      order[#order + 1] = b
+      vals[b] = v
+      sum = sum + v
+    end
+  end
+  if #old > 0 then redis.call('HDEL', key, unpack(old)) end
+  if fits(sum, cost, cap) then return 'now' end
+  if not fits(0, cost, cap) then return 'never' end
+  table.sort(order, function(a, b) return a > b end)
+  local acc = 0
+  for _, b in ipairs(order) do
+    acc = acc + vals[b]
+    if not fits(acc, cost, cap) then return 'at', (b + buckets + 1) * width end
+  end
+  return 'now'
+end
+
+local function bucket_level(key, rate, burst)
+  local v = redis.call('HMGET', key, 'level', 'last')
+  local level, last = tonumber(v[1]), tonumber(v[2])
+  if level == nil or last == nil then return burst end
+  if now > last then level = math.min(burst, level + (now - last) * rate) end
+  return level
+end
+
+local function bucket(key, cost, cap, rate, burst)
+  if not fits(0, cost, math.min(cap, burst)) then return 'never' end
+  local used = burst - bucket_level(key, rate, burst)
+  if fits(used, cost, cap) then return 'now' end
+  if rate <= 0 then return 'never' end
+  local wait = math.ceil((used + cost - cap) / rate)
+  return 'at', now + math.max(wait, 1)
+end
+
+local function calendar(key, cost, cap, start, stop)
+  if now < start or now >= stop then return 'stale' end
+  if not fits(0, cost, cap) then return 'never' end
+  local used = tonumber(redis.call('GET', key) or '0')
+  if fits(used, cost, cap) then return 'now' end
+  return 'at', stop
+end
+
+local function concurrency(key, cap)
+  if not fits(0, 1, cap) then return 'never' end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  if fits(redis.call('ZCARD', key), 1, cap) then return 'now' end
+  return 'release'
+end
+
+local latest, latest_i, release_i = nil, nil, nil
+for i = 1, n do
+  local a = 1 + (i - 1) * 5
+  local kind, cost, cap = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local p1, p2 = tonumber(ARGV[a + 4]), ARGV[a + 5]
+  local fit, at
+  if kind == 'r' then fit, at = rolling(KEYS[i], cost, cap, p1, tonumber(p2))
+  elseif kind == 'b' then fit, at = bucket(KEYS[i], cost, cap, p1, tonumber(p2))
+  elseif kind == 'c' then fit, at = calendar(KEYS[i], cost, cap, p1, tonumber(p2))
+  else fit = concurrency(KEYS[i], cap) end
+  if fit == 'stale' then return {3, now} end
+  if fit == 'never' then return {2, i, now} end
+  if fit == 'at' and (latest == nil or at > latest) then latest, latest_i = at, i end
+  if fit == 'release' and release_i == nil then release_i = i end
+end
+if release_i ~= nil or latest ~= nil then
+  return {0, latest or now, release_i or latest_i, release_i and 1 or 0, now}
+end
+
+for i = 1, n do
+  local a = 1 + (i - 1) * 5
+  local kind, cost = ARGV[a + 1], ARGV[a + 2]
+  local p1, p2 = tonumber(ARGV[a + 4]), ARGV[a + 5]
+  local key = KEYS[i]
+  if kind == 'r' then
+    redis.call('HINCRBYFLOAT', key, math.floor(now / p1), cost)
+    redis.call('PEXPIRE', key, math.ceil((tonumber(p2) + 1) * p1 / 1000) + MARGIN)
+  elseif kind == 'b' then
+    local burst = tonumber(p2)
+    local level = bucket_level(key, p1, burst) - tonumber(cost)
+    redis.call('HSET', key, 'level', level, 'last', now)
+    local refill = p1 > 0 and math.ceil((burst - level) / p1 / 1000) or 86400000
+    redis.call('PEXPIRE', key, refill + MARGIN)
+  elseif kind == 'c' then
+    redis.call('INCRBYFLOAT', key, cost)
+    redis.call('PEXPIRE', key, math.ceil((tonumber(p2) - now) / 1000) + MARGIN)
+  else
+    redis.call('ZADD', key, now + p1, p2)
+    redis.call('PEXPIRE', key, math.ceil(p1 / 1000) + MARGIN)
+  end
+end
+return {1, now}

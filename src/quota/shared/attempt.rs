@@ -1,0 +1,204 @@
+//! Admission through Redis for one provider: the same [`Attempt`]s as the local path,
+//! decided by one script call per key option, with the `on_backend_error` policy when
+//! Redis cannot be asked.
+
+use std::sync::Arc;
+
+use crate::quota::admission::Demand;
+use crate::quota::clock::Micros;
+use crate::quota::permit::Refusal;
+use crate::quota::provider::{Attempt, ProviderHandle};
+use crate::quota::reservation::Reservation;
+use crate::quota::shared::backend::{OnError, RedisBackend};
+use crate::quota::shared::plan::{reconcile_ops, settle_ops, Item, PlanCtx, Reply, Ticket};
+use crate::quota::unit::Costs;
+use crate::quota::verdict::{TooLarge, Wait};
+
+/// What Redis said about one demand (one key option).
+enum Shared {
+    Admitted(Reservation),
+    Wait(Wait),
+    TooLarge(TooLarge),
+    Down,
+}
+
+/// The refusal of `on_backend_error = "deny"` while Redis is unreachable (503).
+// Interim: `Refusal::BackendDown` waits for its arm in `proxy::error::quota_refusal`
+// (whose match is exhaustive); until then a 503 through `QueueFull { max_queue: 0 }`.
+pub(crate) fn backend_down() -> Refusal {
+    Refusal::BackendDown
+}
+
+fn wait_of(b: &RedisBackend, items: &[Item], until: Micros, i: usize, release: bool) -> Wait {
+    let it = &items[i.min(items.len().saturating_sub(1))];
+    Wait {
+        until: b.to_local(until),
+        on_release: release,
+        limit: it.limit.clone(),
+        scope: it.scope,
+        scope_id: it.scope_id.clone(),
+    }
+}
+
+fn too_large(items: &[Item], i: usize) -> TooLarge {
+    let it = &items[i.min(items.len().saturating_sub(1))];
+    TooLarge {
+        limit: it.limit.clone(),
+        scope: it.scope,
+        scope_id: it.scope_id.clone(),
+        cost: it.cost,
+        cap: it.cap,
+        amount: it.capacity,
+    }
+}
+
+fn reservation(costs: Costs, now: Micros, ticket: Ticket) -> Reservation {
+    let mut r = Reservation::new(0, 0, Vec::new(), costs, now);
+    r.shared = Some(Box::new(ticket));
+    r
+}
+
+impl ProviderHandle {
+    fn plan(&self, b: &RedisBackend, d: &Demand<'_>, redis_now: Micros, member: &str) -> Vec<Item> {
+        let ctx = PlanCtx {
+            tag: &self.tag(b),
+            now: redis_now,
+            lease: crate::quota::clock::duration_micros(b.options.lease),
+            member,
+        };
+        self.lock().shared_plan(d, &ctx)
+    }
+
+    fn tag(&self, b: &RedisBackend) -> String {
+        super::keys::hash_tag(b.prefix(), self.name())
+    }
+
+    /// One demand (no alternatives) through Redis.
+    async fn shared_one(&self, b: &RedisBackend, d: &Demand<'_>, now: Micros) -> Shared {
+        let member = b.member();
+        let mut items = self.plan(b, d, b.redis_now(now), &member);
+        if items.is_empty() {
+            let ticket = Ticket {
+                items,
+                at: b.redis_now(now),
+                fallback: false,
+            };
+            return Shared::Admitted(reservation(d.costs, now, ticket));
+        }
+        // A stale calendar period (first call, or a boundary passed): recompute from the
+        // server's time and ask again; a second stale answer is treated as a failure.
+        for _ in 0..2 {
+            let reply = match b.admit(&items).await {
+                Ok(r) => r,
+                Err(_) => return Shared::Down,
+            };
+            match reply {
+                Reply::Admitted { now: at } => {
+                    let ticket = Ticket {
+                        items,
+                        at,
+                        fallback: false,
+                    };
+                    return Shared::Admitted(reservation(d.costs, now, ticket));
+                }
+                Reply::Wait {
+                    until,
+                    item,
+                    on_release,
+                    ..
+                } => return Shared::Wait(wait_of(b, &items, until, item, on_release)),
+                Reply::TooLarge { item, .. } => return Shared::TooLarge(too_large(&items, item)),
+                Reply::Stale { now: redis_now } => items = self.plan(b, d, redis_now, &member),
+            }
+        }
+        Shared::Down
+    }
+
+    /// [`ProviderHandle::attempt`], through Redis when the engine has a shared backend.
+    pub(crate) async fn attempt_async(&self, d: &Demand<'_>, now: Micros) -> Attempt {
+        let b = match self.shared.backend.get() {
+            Some(b) if !self.lock().is_shadow() => Arc::clone(b),
+            _ => return self.attempt(d, now),
+        };
+        if d.keys.is_empty() {
+            return match self.shared_one(&b, d, now).await {
+                Shared::Admitted(r) => Attempt::Admitted(r, None),
+                Shared::Wait(w) => Attempt::Wait(w, self.lock().on_limit()),
+                Shared::TooLarge(t) => Attempt::Refused(Refusal::TooLarge(t)),
+                Shared::Down => self.fallback(&b, d, now),
+            };
+        }
+        let (mut wait, mut large): (Option<Wait>, Option<TooLarge>) = (None, None);
+        for (i, option) in d.keys.iter().enumerate() {
+            let mut one = *d;
+            one.keys = &[];
+            one.key = Some(option.key);
+            one.account = option.account;
+            match self.shared_one(&b, &one, now).await {
+                Shared::Admitted(r) => return Attempt::Admitted(r, Some(i)),
+                Shared::Wait(w) => {
+                    if wait.as_ref().is_none_or(|best| w.until < best.until) {
+                        wait = Some(w);
+                    }
+                }
+                Shared::TooLarge(t) => large = Some(t),
+                Shared::Down => return self.fallback(&b, d, now),
+            }
+        }
+        match (wait, large) {
+            (Some(w), _) => Attempt::Wait(w, self.lock().on_limit()),
+            (None, Some(t)) => Attempt::Refused(Refusal::TooLarge(t)),
+            (None, None) => self.attempt(d, now),
+        }
+    }
+
+    /// Redis could not decide: `on_backend_error`.
+    fn fallback(&self, b: &RedisBackend, d: &Demand<'_>, now: Micros) -> Attempt {
+        match b.on_error() {
+            OnError::Deny => Attempt::Refused(backend_down()),
+            OnError::Allow => {
+                let ticket = Ticket {
+                    items: Vec::new(),
+                    at: 0,
+                    fallback: false,
+                };
+                let key = (!d.keys.is_empty()).then_some(0);
+                Attempt::Admitted(reservation(d.costs, now, ticket), key)
+            }
+            OnError::Local => match self.attempt(d, now) {
+                Attempt::Admitted(mut r, k) => {
+                    let mut one = *d;
+                    if let Some(option) = k.and_then(|i| d.keys.get(i)) {
+                        one.keys = &[];
+                        one.key = Some(option.key);
+                        one.account = option.account;
+                    }
+                    let at = b.redis_now(now);
+                    let items = self.plan(b, &one, at, "");
+                    let ticket = Ticket {
+                        items,
+                        at,
+                        fallback: true,
+                    };
+                    b.reconcile_later(reconcile_ops(&ticket));
+                    r.shared = Some(Box::new(ticket));
+                    Attempt::Admitted(r, k)
+                }
+                other => other,
+            },
+        }
+    }
+
+    /// Settles the shared part of a reservation; the local part (fallback) is settled by
+    /// the caller as usual.
+    pub(crate) fn settle_shared(&self, ticket: &Ticket, actual: Option<&Costs>) {
+        let Some(b) = self.shared.backend.get() else {
+            return;
+        };
+        if ticket.fallback {
+            b.reconcile_later(settle_ops(ticket, actual, false));
+        } else {
+            b.adjust_later(settle_ops(ticket, actual, true));
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! [`RedisBackend`]: the connection (one multiplexed [`ConnectionManager`]), the two
+//! scripts, the circuit breaker, the Redis-time offset, and a worker that applies
+//! settles off the response path and reconciles usage admitted locally while Redis was
+//! unreachable.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Script};
+use tokio::sync::mpsc;
+
+use crate::quota::clock::{duration_micros, Clock, Micros, SECOND};
+use crate::quota::shared::breaker::Breaker;
+pub use crate::quota::shared::options::OnError;
+use crate::quota::shared::options::{BackendError, RedisOptions};
+use crate::quota::shared::plan::{admit_args, Item, Op, Reply};
+
+/// Corrections for one provider (one hash tag, so one cluster slot).
+pub(super) type Batch = Vec<Op>;
+
+/// Reconcile ops kept at most while Redis is away (oldest dropped beyond).
+const MAX_PENDING: usize = 100_000;
+
+/// The shared-state backend.
+pub struct RedisBackend {
+    pub(crate) options: RedisOptions,
+    client: Client,
+    pub(super) conn: ArcSwapOption<ConnectionManager>,
+    admit: Script,
+    adjust: Script,
+    pub(super) breaker: Mutex<Breaker>,
+    /// Redis time minus local clock time (µs), from the last reply.
+    offset: AtomicI64,
+    seq: AtomicU64,
+    instance: String,
+    pending: Mutex<VecDeque<Batch>>,
+    tx: mpsc::UnboundedSender<Batch>,
+    pub(super) clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("prefix", &self.options.prefix)
+            .field("down", &self.is_down())
+            .finish()
+    }
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn instance_id() -> String {
+    let mut bytes = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl RedisBackend {
+    fn build(
+        options: RedisOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<Batch>), BackendError> {
+        let client = Client::open(options.url.as_str())?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let cool_off = duration_micros(options.cool_off);
+        let backend = Arc::new(Self {
+            breaker: Mutex::new(Breaker::new(options.breaker_threshold, cool_off)),
+            options,
+            client,
+            conn: ArcSwapOption::empty(),
+            admit: Script::new(include_str!("admit.lua")),
+            adjust: Script::new(include_str!("adjust.lua")),
+            offset: AtomicI64::new(0),
+            seq: AtomicU64::new(0),
+            instance: instance_id(),
+            pending: Mutex::new(VecDeque::new()),
+            tx,
+            clock,
+        });
+        Ok((backend, rx))
+    }
+
+    /// Connects (bounded by `connect_timeout`; when Redis is down the backend starts
+    /// disconnected, in fallback mode, and keeps trying every second in the background)
+    /// and starts the worker. Must run inside a tokio runtime. Fails only on an invalid
+    /// URL.
+    pub async fn connect(
+        options: RedisOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Self>, BackendError> {
+        let (backend, rx) = Self::build(options, clock)?;
+        match backend.try_connect(backend.options.connect_timeout).await {
+            Ok(()) => {
+                tracing::info!(prefix = %backend.options.prefix, "shared quota state in redis")
+            }
+            Err(e) => backend.started_down(&e),
+        }
+        tokio::spawn(super::worker::run(Arc::downgrade(&backend), rx));
+        Ok(backend)
+    }
+
+    /// [`RedisBackend::connect`] from synchronous code inside a tokio runtime: waits for
+    /// the first connection on a multi-thread runtime, else connects in the background.
+    pub fn connect_blocking(
+        options: RedisOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Self>, BackendError> {
+        let handle = tokio::runtime::Handle::current();
+        if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+            return tokio::task::block_in_place(|| handle.block_on(Self::connect(options, clock)));
+        }
+        let (backend, rx) = Self::build(options, clock)?;
+        tokio::spawn(super::worker::run(Arc::downgrade(&backend), rx));
+        Ok(backend)
+    }
+
+    fn started_down(&self, e: &BackendError) {
+        tracing::error!(
+            "redis unreachable at start ({e}); deciding with on_backend_error = {:?} until it is back",
+            self.options.on_error
+        );
+        metrics::counter!("quota_proxy_state_backend_errors_total").increment(1);
+        let mut breaker = lock(&self.breaker);
+        for _ in 0..self.options.breaker_threshold {
+            breaker.failure(self.clock.now());
+        }
+    }
+
+    pub(super) async fn try_connect(&self, bound: Duration) -> Result<(), BackendError> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(bound))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        let manager = tokio::time::timeout(
+            bound,
+            self.client.get_connection_manager_with_config(config),
+        )
+        .await
+        .map_err(|_| BackendError::Timeout(bound))??;
+        // Loaded now, the first admissions need no NOSCRIPT round trips.
+        let mut conn = manager.clone();
+        let load = async {
+            self.admit.load_async(&mut conn).await?;
+            self.adjust.load_async(&mut conn).await
+        };
+        tokio::time::timeout(bound, load)
+            .await
+            .map_err(|_| BackendError::Timeout(bound))??;
+        self.conn.store(Some(Arc::new(manager)));
+        Ok(())
+    }
+
+    /// Whether Redis is considered unreachable now (breaker open or never connected).
+    pub fn is_down(&self) -> bool {
+        self.conn.load().is_none() || lock(&self.breaker).is_open()
+    }
+
+    /// The configured policy for calls Redis cannot decide.
+    pub fn on_error(&self) -> OnError {
+        self.options.on_error
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.options.prefix
+    }
+
+    /// A unique concurrency lease member for one call.
+    pub(crate) fn member(&self) -> String {
+        format!(
+            "{}-{}",
+            self.instance,
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// The best estimate of the Redis time now.
+    pub(crate) fn redis_now(&self, local: Micros) -> Micros {
+        local.saturating_add_signed(self.offset.load(Ordering::Relaxed))
+    }
+
+    /// A Redis time as a local clock time.
+    pub(crate) fn to_local(&self, redis: Micros) -> Micros {
+        redis.saturating_add_signed(-self.offset.load(Ordering::Relaxed))
+    }
+
+    fn note_time(&self, redis: Micros, local: Micros) {
+        let offset = i64::try_from(redis).unwrap_or(i64::MAX) - i64::try_from(local).unwrap_or(0);
+        self.offset.store(offset, Ordering::Relaxed);
+    }
+
+    /// Runs `f` on the connection under the breaker and the timeout, recording the result.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, BackendError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let now = self.clock.now();
+        if !lock(&self.breaker).allow(now) {
+            return Err(BackendError::Open);
+        }
+        let conn = self.conn.load_full();
+        let result = match conn {
+            None => Err(BackendError::NotConnected),
+            Some(c) => match tokio::time::timeout(self.options.timeout, f((*c).clone())).await {
+                Ok(r) => r.map_err(BackendError::from),
+                Err(_) => Err(BackendError::Timeout(self.options.timeout)),
+            },
+        };
+        match &result {
+            Ok(_) => {
+                if lock(&self.breaker).success() {
+                    tracing::info!("redis is reachable again");
+                    let _ = self.tx.send(Vec::new()); // wakes the worker to reconcile
+                }
+            }
+            Err(e) => {
+                tracing::debug!("redis call failed: {e}");
+                metrics::counter!("quota_proxy_state_backend_errors_total").increment(1);
+                let mut breaker = lock(&self.breaker);
+                let was_open = breaker.is_open();
+                breaker.failure(self.clock.now());
+                if !was_open && breaker.is_open() {
+                    tracing::warn!(
+                        "redis failing ({e}); skipping it for {:?}",
+                        self.options.cool_off
+                    );
+                }
+            }
+        }
+        result
+    }
+
+    /// One admission script call for `items` (one round trip).
+    pub(crate) async fn admit(&self, items: &[Item]) -> Result<Reply, BackendError> {
+        let local = self.clock.now();
+        let mut inv = self.admit.prepare_invoke();
+        for it in items {
+            inv.key(&it.key);
+        }
+        for a in admit_args(items) {
+            inv.arg(a);
+        }
+        let raw: Vec<i64> = self
+            .call(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        let reply = Reply::decode(&raw).ok_or(BackendError::Reply(raw))?;
+        let now = match reply {
+            Reply::Admitted { now }
+            | Reply::Wait { now, .. }
+            | Reply::TooLarge { now, .. }
+            | Reply::Stale { now } => now,
+        };
+        self.note_time(now, local);
+        Ok(reply)
+    }
+
+    /// Queues corrections (settle, cancel) for the worker: off the response path.
+    pub(crate) fn adjust_later(&self, ops: Vec<Op>) {
+        if !ops.is_empty() {
+            let _ = self.tx.send(ops);
+        }
+    }
+
+    /// Keeps corrections of locally admitted usage until Redis is back.
+    pub(crate) fn reconcile_later(&self, ops: Vec<Op>) {
+        if ops.is_empty() {
+            return;
+        }
+        let mut pending = lock(&self.pending);
+        if pending.len() >= MAX_PENDING {
+            pending.pop_front();
+        }
+        pending.push_back(ops);
+    }
+
+    /// Ops waiting to be reconciled.
+    pub fn pending(&self) -> usize {
+        lock(&self.pending).len()
+    }
+
+    /// Applies `ops` in one adjust-script call; returns the Redis time.
+    pub(super) async fn apply(&self, ops: &[Op]) -> Result<Micros, BackendError> {
+        let mut inv = self.adjust.prepare_invoke();
+        inv.arg(ops.len());
+        for (key, fields) in ops {
+            inv.key(key);
+            for f in fields {
+                inv.arg(f);
+            }
+        }
+        self.call(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
+            .await
+            .map(|t| u64::try_from(t).unwrap_or(0))
+    }
+
+    /// Sends the reconcile backlog (stops at the first failure, keeping the rest).
+    pub(super) async fn flush_pending(&self) {
+        loop {
+            let Some(batch) = lock(&self.pending).pop_front() else {
+                return;
+            };
+            if self.apply(&batch).await.is_err() {
+                lock(&self.pending).push_front(batch);
+                return;
+            }
+        }
+    }
+}
+
+/// How often a call waiting on a full shared concurrency limit asks again (releases by
+/// other replicas wake nobody here).
+pub(crate) const POLL: Micros = SECOND / 10;

@@ -1,0 +1,49 @@
+//! Shared quota state in Redis (`[state] backend = "redis"`, SPEC §11): every replica with
+//! the same `redis_prefix` enforces the same limits.
+//!
+//! ```text
+//! Provider::admit ─▶ ProviderHandle::attempt_async ─▶ ProviderState::shared_plan (items)
+//!                        │                              │
+//!                        │           EVALSHA admit.lua (one round trip, all limits,
+//!                        │           all or nothing, clock = redis TIME)
+//!                        ▼
+//!    Permit ── settle / cancel / drop ──▶ worker: EVALSHA adjust.lua (batched, off the
+//!                                          response path)
+//! ```
+//!
+//! - **Counters** mirror the local pure core: rolling windows as a hash of 64 conservative
+//!   sub-buckets (field = absolute sub-bucket index), token buckets as `level`/`last`,
+//!   calendar counters as one float per period, concurrency as a sorted set of leases
+//!   (member → expiry) so a crashed proxy's slots free up after the lease (10 min).
+//! - **Calendar periods**: the proxy computes `[start, end)` in the limit's zone from its
+//!   estimate of the Redis time (local clock + the offset seen in the last reply) and
+//!   passes them; the script checks them against `TIME` and answers "stale" when the
+//!   server's time is outside, and the proxy recomputes from the returned time and asks
+//!   once more. There is thus no boundary error, at the price of a second round trip on
+//!   the first call and at each boundary.
+//! - **Keys** (see [`keys`]) carry the hash tag `{<prefix>:<provider>}` and a TTL: window
+//!   (+ one sub-bucket) + 60 s, until the bucket is full again + 60 s, until the period
+//!   end + 60 s, lease + 60 s.
+//! - **Failures** (error or `timeout`, 50 ms): `on_backend_error` decides — `local`
+//!   admits with the local engine and queues that usage to be added to Redis when it is
+//!   back; `allow` admits uncounted; `deny` refuses (503). A [`Breaker`] skips Redis for
+//!   1 s after 3 consecutive failures, then lets one probe through.
+//! - Not shared (local per replica): shadow-mode providers, client-share books (the total
+//!   is shared, the per-client guarantee is not), key states and learned signals.
+
+mod attempt;
+mod backend;
+mod breaker;
+pub mod keys;
+mod options;
+mod plan;
+mod worker;
+
+#[cfg(test)]
+mod script_tests;
+
+pub use backend::RedisBackend;
+pub(crate) use backend::POLL;
+pub use breaker::Breaker;
+pub use options::{BackendError, OnError, RedisOptions};
+pub(crate) use plan::Ticket;

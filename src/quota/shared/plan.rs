@@ -1,0 +1,313 @@
+//! What one admission asks of Redis (pure): the applicable limits of a demand as script
+//! items, their encoding as script arguments, the decoding of the script's reply, and the
+//! correction ops that settle, cancel or reconcile them.
+
+use crate::quota::admission::{scope_id, Demand};
+use crate::quota::calendar::period_bounds;
+use crate::quota::clock::Micros;
+use crate::quota::fit::non_negative;
+use crate::quota::rolling::BUCKETS;
+use crate::quota::shared::keys::{counter_key, period_key};
+use crate::quota::spec::{Scope, WindowKind};
+use crate::quota::state::ProviderState;
+use crate::quota::unit::{Costs, Unit};
+
+/// How one counter is kept in Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Kind {
+    /// A hash of sub-buckets (field = absolute sub-bucket index).
+    Rolling { width: Micros, n: u64 },
+    /// A hash `level`, `last`.
+    Bucket { rate: f64, burst: f64 },
+    /// A float per period (the period start is part of the key).
+    Calendar { start: Micros, end: Micros },
+    /// A sorted set of leases (member → expiry), so a crashed proxy frees its slots.
+    Concurrent { lease: Micros, member: String },
+}
+
+/// One limit+scope of an admission.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Item {
+    pub key: String,
+    pub kind: Kind,
+    pub unit: Unit,
+    pub cost: f64,
+    pub cap: f64,
+    pub capacity: f64,
+    pub limit: String,
+    pub scope: Scope,
+    pub scope_id: String,
+}
+
+/// What a shared reservation holds: its items and the Redis time they were counted at.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Ticket {
+    pub items: Vec<Item>,
+    pub at: Micros,
+    /// Admitted by the local engine while Redis was unreachable (to reconcile).
+    pub fallback: bool,
+}
+
+/// The script's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reply {
+    Admitted {
+        now: Micros,
+    },
+    /// `item` is 0-based; times are Redis times.
+    Wait {
+        until: Micros,
+        item: usize,
+        on_release: bool,
+        now: Micros,
+    },
+    TooLarge {
+        item: usize,
+        now: Micros,
+    },
+    /// A calendar period given does not hold the server's time: recompute and retry.
+    Stale {
+        now: Micros,
+    },
+}
+
+fn micros(v: i64) -> Micros {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl Reply {
+    /// Decodes the script's integer array; `None` when it is malformed.
+    pub fn decode(v: &[i64]) -> Option<Reply> {
+        let index = |i: i64| usize::try_from(i - 1).ok();
+        Some(match *v {
+            [1, now] => Reply::Admitted { now: micros(now) },
+            [0, until, item, release, now] => Reply::Wait {
+                until: micros(until),
+                item: index(item)?,
+                on_release: release == 1,
+                now: micros(now),
+            },
+            [2, item, now] => Reply::TooLarge {
+                item: index(item)?,
+                now: micros(now),
+            },
+            [3, now] => Reply::Stale { now: micros(now) },
+            _ => return None,
+        })
+    }
+}
+
+/// Per-call parameters of a plan.
+pub(crate) struct PlanCtx<'a> {
+    pub tag: &'a str,
+    /// The best estimate of the Redis time (for calendar periods).
+    pub now: Micros,
+    pub lease: Micros,
+    pub member: &'a str,
+}
+
+impl ProviderState {
+    /// The applicable limits of `d` as Redis items (same rules as the local decision:
+    /// scope, per-key overrides, zero costs skipped, priority reserve applied).
+    pub(crate) fn shared_plan(&self, d: &Demand<'_>, ctx: &PlanCtx<'_>) -> Vec<Item> {
+        let mut items = Vec::new();
+        for e in &self.entries {
+            let Some(sid) = scope_id(e, d) else {
+                continue;
+            };
+            let spec = &e.spec;
+            let cost = d.costs.get(spec.unit);
+            if cost <= 0.0 {
+                continue;
+            }
+            let amount = non_negative(spec.amount);
+            let counter = counter_key(ctx.tag, spec, sid);
+            let (kind, key, capacity) = match spec.window {
+                _ if spec.unit == Unit::Concurrent => (concurrent(ctx), counter, amount),
+                WindowKind::None => (concurrent(ctx), counter, amount),
+                WindowKind::Rolling { len } => {
+                    let len = len.max(1);
+                    let width = len.div_ceil(BUCKETS).max(1);
+                    let n = len.div_ceil(width);
+                    (Kind::Rolling { width, n }, counter, amount)
+                }
+                WindowKind::TokenBucket { len, burst } => {
+                    let burst = non_negative(burst);
+                    let rate = amount / len.max(1) as f64;
+                    (Kind::Bucket { rate, burst }, counter, burst)
+                }
+                WindowKind::Calendar { period, tz } => {
+                    let (start, end) = period_bounds(period, tz, ctx.now);
+                    let key = period_key(&counter, start);
+                    (Kind::Calendar { start, end }, key, amount)
+                }
+            };
+            items.push(Item {
+                key,
+                kind,
+                unit: spec.unit,
+                cost,
+                cap: capacity * (1.0 - spec.reserve.fraction(d.priority)),
+                capacity,
+                limit: spec.name.clone(),
+                scope: spec.scope,
+                scope_id: sid.to_string(),
+            });
+        }
+        items
+    }
+}
+
+fn concurrent(ctx: &PlanCtx<'_>) -> Kind {
+    Kind::Concurrent {
+        lease: ctx.lease,
+        member: ctx.member.to_string(),
+    }
+}
+
+/// The admission script's arguments after `ARGV[1]` (5 per item).
+pub(crate) fn admit_args(items: &[Item]) -> Vec<String> {
+    let mut out = Vec::with_capacity(1 + items.len() * 5);
+    out.push(items.len().to_string());
+    for it in items {
+        let (k, p1, p2) = match &it.kind {
+            Kind::Rolling { width, n } => ("r", width.to_string(), n.to_string()),
+            Kind::Bucket { rate, burst } => ("b", rate.to_string(), burst.to_string()),
+            Kind::Calendar { start, end } => ("c", start.to_string(), end.to_string()),
+            Kind::Concurrent { lease, member } => ("k", lease.to_string(), member.clone()),
+        };
+        out.extend([
+            k.to_string(),
+            it.cost.to_string(),
+            it.cap.to_string(),
+            p1,
+            p2,
+        ]);
+    }
+    out
+}
+
+/// One correction: (key, the 5 adjust-script fields).
+pub(crate) type Op = (String, [String; 5]);
+
+/// The correction of `item` by `delta` units, counted at Redis time `at`. Concurrency
+/// items release their lease when `release` (settle, cancel); reconciling skips them.
+pub(crate) fn adjust_op(item: &Item, at: Micros, delta: f64, release: bool) -> Option<Op> {
+    let fields = match &item.kind {
+        Kind::Concurrent { member, .. } if release => [
+            "k".into(),
+            "0".into(),
+            member.clone(),
+            "0".into(),
+            "0".into(),
+        ],
+        Kind::Concurrent { .. } => return None,
+        _ if delta == 0.0 || !delta.is_finite() => return None,
+        Kind::Rolling { width, n } => {
+            let tag = (at / width).to_string();
+            [
+                "r".into(),
+                delta.to_string(),
+                tag,
+                width.to_string(),
+                n.to_string(),
+            ]
+        }
+        Kind::Bucket { rate, burst } => [
+            "b".into(),
+            delta.to_string(),
+            "0".into(),
+            rate.to_string(),
+            burst.to_string(),
+        ],
+        Kind::Calendar { end, .. } => [
+            "c".into(),
+            delta.to_string(),
+            "0".into(),
+            end.to_string(),
+            "0".into(),
+        ],
+    };
+    Some((item.key.clone(), fields))
+}
+
+/// The ops that settle `ticket` to `actual` (`None`: cancel, refund everything).
+pub(crate) fn settle_ops(ticket: &Ticket, actual: Option<&Costs>, release: bool) -> Vec<Op> {
+    ticket
+        .items
+        .iter()
+        .filter_map(|it| {
+            let actual = actual.map_or(0.0, |c| c.get(it.unit));
+            adjust_op(it, ticket.at, actual - it.cost, release)
+        })
+        .collect()
+}
+
+/// The ops that add a locally admitted reservation to the shared counters.
+pub(crate) fn reconcile_ops(ticket: &Ticket) -> Vec<Op> {
+    ticket
+        .items
+        .iter()
+        .filter_map(|it| adjust_op(it, ticket.at, it.cost, false))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_decode_or_are_refused() {
+        assert_eq!(Reply::decode(&[1, 5]), Some(Reply::Admitted { now: 5 }));
+        assert_eq!(
+            Reply::decode(&[0, 9, 2, 1, 5]),
+            Some(Reply::Wait {
+                until: 9,
+                item: 1,
+                on_release: true,
+                now: 5
+            })
+        );
+        assert_eq!(
+            Reply::decode(&[2, 1, 5]),
+            Some(Reply::TooLarge { item: 0, now: 5 })
+        );
+        assert_eq!(Reply::decode(&[3, 5]), Some(Reply::Stale { now: 5 }));
+        assert_eq!(Reply::decode(&[2, 0, 5]), None);
+        assert_eq!(Reply::decode(&[7]), None);
+    }
+
+    #[test]
+    fn settle_ops_correct_by_the_difference() {
+        let item = |kind| Item {
+            key: "k".into(),
+            kind,
+            unit: Unit::Tokens,
+            cost: 10.0,
+            cap: 100.0,
+            capacity: 100.0,
+            limit: "tpm".into(),
+            scope: Scope::Provider,
+            scope_id: String::new(),
+        };
+        let t = Ticket {
+            items: vec![
+                item(Kind::Rolling { width: 1000, n: 64 }),
+                item(Kind::Concurrent {
+                    lease: 5,
+                    member: "m1".into(),
+                }),
+            ],
+            at: 12_345,
+            fallback: false,
+        };
+        let ops = settle_ops(&t, Some(&Costs::ZERO.with(Unit::Tokens, 4.0)), true);
+        assert_eq!(ops.len(), 2);
+        assert_eq!(ops[0].1, ["r", "-6", "12", "1000", "64"].map(String::from));
+        assert_eq!(ops[1].1[2], "m1");
+        assert_eq!(reconcile_ops(&t).len(), 1, "leases are not reconciled");
+        assert_eq!(reconcile_ops(&t)[0].1[1], "10");
+        let same = settle_ops(&t, Some(&Costs::ZERO.with(Unit::Tokens, 10.0)), false);
+        assert!(same.is_empty());
+    }
+}

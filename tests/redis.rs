@@ -1,0 +1,354 @@
+//! The Redis shared-state backend end to end (SPEC §5, §11): several proxies share one
+//! quota through a real `redis-server` that each test starts on its own free port (Redis's
+//! `--port 0` disables TCP), kills and restarts.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+use tokio::time::Instant;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A `redis-server` child on a port of its own, killed on drop.
+struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+impl RedisServer {
+    async fn start() -> RedisServer {
+        for _ in 0..20 {
+            let mut s = RedisServer {
+                port: free_port(),
+                child: None,
+            };
+            if s.spawn().await {
+                return s;
+            }
+        }
+        panic!("could not start redis-server on a free port");
+    }
+
+    /// Starts the server on `self.port`; false when the port was taken meanwhile.
+    async fn spawn(&mut self) -> bool {
+        let mut child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                self.child = Some(child);
+                return true;
+            }
+            if child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = child.kill();
+        false
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    async fn restart(&mut self) {
+        self.kill();
+        assert!(self.spawn().await, "restart redis on port {}", self.port);
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.url()).unwrap();
+        client.get_multiplexed_async_connection().await.unwrap()
+    }
+
+    /// Every key, by SCAN.
+    async fn keys(&self) -> Vec<String> {
+        let mut conn = self.conn().await;
+        let (mut cursor, mut keys) = (0u64, Vec::new());
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            keys.extend(batch);
+            if next == 0 {
+                return keys;
+            }
+            cursor = next;
+        }
+    }
+
+    /// The units a rolling-window hash holds (sum of its sub-buckets).
+    async fn rolling_sum(&self, key: &str) -> f64 {
+        let mut conn = self.conn().await;
+        let v: Vec<(String, f64)> = redis::cmd("HGETALL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        v.iter().map(|(_, u)| u).sum()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `cfg` with its `[state]` switched to Redis.
+fn with_redis(cfg: &str, redis: &RedisServer, on_error: &str) -> String {
+    let state = format!(
+        "[state]\nbackend = \"redis\"\nredis_url = {}\nredis_prefix = \"qp\"\non_backend_error = {}\n",
+        toml_str(&redis.url()),
+        toml_str(on_error)
+    );
+    cfg.replace("[state]\nbackend = \"memory\"\n", &state)
+}
+
+fn rpm_config(
+    up: &MockUpstream,
+    redis: &RedisServer,
+    n: f64,
+    window: &str,
+    action: &str,
+    on_error: &str,
+) -> String {
+    let cfg = mock_provider(up, &[])
+        .raw(&limit("rpm", "requests", n, window, "provider"))
+        .raw(&on_limit(action, "30s", 1000))
+        .build();
+    with_redis(&cfg, redis, on_error)
+}
+
+/// `cfg` with a generous bound on one Redis call, for the sharing tests: on a loaded test
+/// machine a timeout would (by design) let the local engine decide, which is not what they test.
+fn patient(cfg: &str) -> String {
+    cfg.replace(
+        "redis_prefix = \"qp\"\n",
+        "redis_prefix = \"qp\"\nredis_timeout = \"2s\"\n",
+    )
+}
+
+const RPM_KEY: &str = "{qp:mock}:q:rpm:requests:r60000000:provider:";
+
+#[tokio::test]
+async fn three_proxies_share_one_limit_exactly() {
+    let redis = RedisServer::start().await;
+    let up = MockUpstream::plain(fixed(200, &[], "ok")).await;
+    let cfg = rpm_config(&up, &redis, 10.0, "1m", "reject", "local");
+    let proxies: Vec<Proxy> = (0..3).map(|_| Proxy::start(&patient(&cfg))).collect();
+    let addrs: Vec<_> = proxies.iter().map(|p| p.proxy_addr).collect();
+    let url = mock_url(&up, "/v1/shared");
+    let resps = concurrently(60, |i| {
+        let (addr, url) = (addrs[i % 3], url.clone());
+        async move { forward(addr, "GET", &url, &[], "").await }
+    })
+    .await;
+    let ok = resps.iter().filter(|r| r.status == 200).count();
+    assert_eq!(
+        ok, 10,
+        "exactly the shared limit is admitted across three proxies"
+    );
+    assert_eq!(
+        up.requests().len(),
+        10,
+        "the upstream received exactly 10 calls"
+    );
+    for r in resps.iter().filter(|r| r.status != 200) {
+        assert_quota_429(r, "rpm", "mock");
+    }
+    assert_eq!(redis.rolling_sum(RPM_KEY).await, 10.0);
+}
+
+#[tokio::test]
+async fn delay_mode_across_two_proxies_never_overshoots_a_window() {
+    let redis = RedisServer::start().await;
+    let (h, tracker) = tracked(fixed(200, &[], "ok"));
+    let up = MockUpstream::plain(h).await;
+    let cfg = rpm_config(&up, &redis, 3.0, "2s", "delay", "local");
+    let (a, b) = (Proxy::start(&patient(&cfg)), Proxy::start(&patient(&cfg)));
+    let addrs = [a.proxy_addr, b.proxy_addr];
+    let url = mock_url(&up, "/v1/paced");
+    let resps = concurrently(9, |i| {
+        let (addr, url) = (addrs[i % 2], url.clone());
+        async move { forward(addr, "GET", &url, &[], "").await }
+    })
+    .await;
+    for r in &resps {
+        assert_eq!(r.status, 200, "delay mode must not refuse: {}", r.text());
+    }
+    let mut at = tracker.arrivals();
+    at.sort();
+    assert_eq!(at.len(), 9);
+    // As in tests/quota.rs: arrivals are timed at the mock, after a transit time that
+    // varies by a few ms; allow that jitter, no more.
+    const JITTER: Duration = Duration::from_millis(50);
+    for i in 0..at.len() - 3 {
+        let gap = at[i + 3] - at[i];
+        assert!(
+            gap >= Duration::from_secs(2) - JITTER,
+            "arrivals {i} and {} only {gap:?} apart; all: {:?}",
+            i + 3,
+            at.iter().map(|t| *t - at[0]).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[tokio::test]
+async fn redis_down_falls_back_to_local_limits_then_reconciles() {
+    let mut redis = RedisServer::start().await;
+    let up = MockUpstream::plain(fixed(200, &[], "ok")).await;
+    let cfg = rpm_config(&up, &redis, 8.0, "1m", "reject", "local");
+    let proxy = Proxy::start(&cfg);
+    let url = mock_url(&up, "/v1/x");
+    for _ in 0..3 {
+        assert_eq!(
+            forward(proxy.proxy_addr, "GET", &url, &[], "").await.status,
+            200
+        );
+    }
+    redis.kill();
+    // Redis is gone: the local engine decides (its own window is empty: 8 more fit).
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        let r = forward(proxy.proxy_addr, "GET", &url, &[], "").await;
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "a call hung {:?}",
+            t.elapsed()
+        );
+        statuses.push(r.status.as_u16());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        8,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        2,
+        "{statuses:?}"
+    );
+    let m = metrics_text(proxy.admin_addr).await;
+    assert!(
+        metric_value(&m, "quota_proxy_state_backend_errors_total", &[]) >= 1.0,
+        "{m}"
+    );
+    // Back (empty, no persistence): the 8 calls admitted meanwhile are added to Redis.
+    redis.restart().await;
+    let key_sum = eventually("the local usage reconciled into redis", WAIT, || async {
+        let sum = redis.rolling_sum(RPM_KEY).await;
+        (sum >= 8.0).then_some(sum)
+    })
+    .await;
+    assert_eq!(key_sum, 8.0);
+    // And the shared counter governs the next decisions: 8 of 8 used.
+    let r = forward(proxy.proxy_addr, "GET", &url, &[], "").await;
+    assert_quota_429(&r, "rpm", "mock");
+    assert_eq!(up.requests().len(), 11);
+}
+
+#[tokio::test]
+async fn deny_refuses_with_503_and_is_not_ready_while_redis_is_down() {
+    let mut redis = RedisServer::start().await;
+    let up = MockUpstream::plain(fixed(200, &[], "ok")).await;
+    let cfg = rpm_config(&up, &redis, 100.0, "1m", "reject", "deny");
+    let proxy = Proxy::start(&cfg);
+    let url = mock_url(&up, "/v1/x");
+    assert_eq!(
+        forward(proxy.proxy_addr, "GET", &url, &[], "").await.status,
+        200
+    );
+    assert_eq!(admin_get(proxy.admin_addr, "/readyz").await.0, 200);
+    redis.kill();
+    for _ in 0..5 {
+        let r = forward(proxy.proxy_addr, "GET", &url, &[], "").await;
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(r.json()["error"]["code"], "state_backend_down");
+        assert_eq!(r.header("x-quota-proxy"), Some("rejected"));
+    }
+    let (status, body) = admin_get(proxy.admin_addr, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("redis"), "{body}");
+    assert_eq!(up.requests().len(), 1);
+    redis.restart().await;
+    eventually("ready again", WAIT, || async {
+        (admin_get(proxy.admin_addr, "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(
+        forward(proxy.proxy_addr, "GET", &url, &[], "").await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn every_key_has_a_ttl_and_the_providers_hash_tag() {
+    let redis = RedisServer::start().await;
+    let up = MockUpstream::plain(fixed(200, &[], "ok")).await;
+    let cfg = mock_provider(&up, &[])
+        .raw(&limit("rpm", "requests", 100.0, "1m", "provider"))
+        .raw(&limit("perkey", "requests", 100.0, "10s", "client"))
+        .raw(&limit("daily", "requests", 1000.0, "day", "provider"))
+        .raw(&limit("tb", "requests", 100.0, "1m", "provider"))
+        .raw("algorithm = \"token_bucket\"\nburst = 50\n")
+        .raw(&limit("inflight", "concurrent", 5.0, "", "provider"))
+        .build();
+    let proxy = Proxy::start(&with_redis(&cfg, &redis, "local"));
+    let url = mock_url(&up, "/v1/x");
+    for _ in 0..3 {
+        assert_eq!(
+            forward(proxy.proxy_addr, "GET", &url, &[], "").await.status,
+            200
+        );
+    }
+    let keys = redis.keys().await;
+    assert!(
+        keys.len() >= 4,
+        "rolling, client, calendar and bucket keys: {keys:?}"
+    );
+    let mut conn = redis.conn().await;
+    for key in &keys {
+        assert!(key.starts_with("{qp:mock}:"), "{key} lacks the hash tag");
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{key} has no TTL ({ttl})");
+    }
+}
