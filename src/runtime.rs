@@ -173,18 +173,6 @@ pub fn providers(
     out
 }
 
-fn unit(u: config::Unit) -> quota::Unit {
-    match u {
-        config::Unit::Requests => quota::Unit::Requests,
-        config::Unit::Tokens => quota::Unit::Tokens,
-        config::Unit::InputTokens => quota::Unit::InputTokens,
-        config::Unit::OutputTokens => quota::Unit::OutputTokens,
-        config::Unit::Credits => quota::Unit::Credits,
-        config::Unit::Usd => quota::Unit::Usd,
-        config::Unit::Concurrent => quota::Unit::Concurrent,
-    }
-}
-
 fn limit_spec(l: &config::Limit) -> quota::LimitSpec {
     let window = match l.window {
         config::Window::Rolling(d) => quota::WindowKind::Rolling {
@@ -205,14 +193,8 @@ fn limit_spec(l: &config::Limit) -> quota::LimitSpec {
         },
         config::Window::InFlight => quota::WindowKind::None,
     };
-    let scope = match l.scope {
-        config::Scope::Provider => quota::Scope::Provider,
-        config::Scope::Key => quota::Scope::Key,
-        config::Scope::Account => quota::Scope::Account,
-        config::Scope::Client => quota::Scope::Client,
-    };
-    let mut spec = quota::LimitSpec::new(l.name.clone(), unit(l.unit), l.amount, window)
-        .with_scope(scope)
+    let mut spec = quota::LimitSpec::new(l.name.clone(), l.unit, l.amount, window)
+        .with_scope(l.scope)
         .with_reserve(quota::PriorityReserve {
             high: l.reserve.high,
             normal: l.reserve.normal,

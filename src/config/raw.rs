@@ -8,6 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::values::{Dur, Parsed, Text};
+pub use crate::quota::{Scope, Unit};
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -189,28 +190,6 @@ pub struct RawLimit {
     pub reserve: Option<RawReserve>,
     pub algorithm: Option<Algorithm>,
     pub burst: Option<f64>,
-}
-
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Unit {
-    Requests,
-    Tokens,
-    InputTokens,
-    OutputTokens,
-    Credits,
-    Usd,
-    Concurrent,
-}
-
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Scope {
-    #[default]
-    Provider,
-    Key,
-    Account,
-    Client,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]

@@ -569,7 +569,7 @@ enum Field {
 
 fn limit_inner(raw: RawLimit) -> std::result::Result<Limit, (Field, String)> {
     use Field::*;
-    let unit = raw.unit.unwrap_or(raw::Unit::Requests);
+    let unit = raw.unit.unwrap_or(Unit::Requests);
     let amount = *raw.amount.get_ref();
     if !(amount > 0.0 && amount.is_finite()) {
         return Err((Amount, "`amount` must be a positive number".into()));
@@ -589,8 +589,8 @@ fn limit_inner(raw: RawLimit) -> std::result::Result<Limit, (Field, String)> {
     let window_text = raw.window.as_ref().map(|w| w.get_ref().0.clone());
     let algorithm = raw.algorithm.unwrap_or_default();
     let window = match (unit, window_text.as_deref()) {
-        (raw::Unit::Concurrent, None) => model::Window::InFlight,
-        (raw::Unit::Concurrent, Some(_)) => return Err((Window, "a `concurrent` limit has no `window`".into())),
+        (Unit::Concurrent, None) => model::Window::InFlight,
+        (Unit::Concurrent, Some(_)) => return Err((Window, "a `concurrent` limit has no `window`".into())),
         (_, None) => return Err((Table, "`window` is required: a duration like \"1m\" or \"hour\", \"day\", \"week\", \"month\"".into())),
         (_, Some(w)) => {
             let period = match w {
@@ -654,7 +654,7 @@ fn limit_inner(raw: RawLimit) -> std::result::Result<Limit, (Field, String)> {
     {
         return Err((Table, "`reserve` fractions must be in [0, 1)".into()));
     }
-    let scope = raw.scope.unwrap_or_default();
+    let scope = raw.scope.unwrap_or(Scope::Provider);
     let name = match raw.name {
         Some(n) if !n.0.is_empty() => n.0,
         Some(_) => return Err((Table, "`name` must not be empty".into())),
@@ -675,15 +675,7 @@ fn limit_inner(raw: RawLimit) -> std::result::Result<Limit, (Field, String)> {
 }
 
 pub fn unit_name(unit: Unit) -> &'static str {
-    match unit {
-        Unit::Requests => "requests",
-        Unit::Tokens => "tokens",
-        Unit::InputTokens => "input_tokens",
-        Unit::OutputTokens => "output_tokens",
-        Unit::Credits => "credits",
-        Unit::Usd => "usd",
-        Unit::Concurrent => "concurrent",
-    }
+    unit.as_str()
 }
 
 fn retry(
