@@ -86,6 +86,36 @@ pub struct ProviderRuntime {
     pub stats: Arc<ProviderStats>,
 }
 
+impl ProviderRuntime {
+    /// Marks keys whose key-scope calendar limit is spent as `exhausted` until the window
+    /// resets (SPEC §6), so status, metrics and key choice show it. Admission already refuses
+    /// such keys; this makes the state visible.
+    pub fn refresh_key_states(&self, now: quota::Micros) {
+        let calendar: Vec<&str> = self
+            .config
+            .limits
+            .iter()
+            .filter(|l| {
+                l.scope == quota::Scope::Key && matches!(l.window, config::Window::Calendar { .. })
+            })
+            .map(|l| l.name.as_str())
+            .collect();
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        pool.refresh(now);
+        if calendar.is_empty() {
+            return;
+        }
+        for l in self.quota.snapshot(now) {
+            let spent = l.scope == quota::Scope::Key
+                && l.remaining < 1e-9
+                && calendar.contains(&l.name.as_str());
+            if let (true, Some(until), Some(i)) = (spent, l.resets_at, pool.index(&l.scope_id)) {
+                pool.observe(i, keys::KeyEvent::Exhausted { until }, &[], now);
+            }
+        }
+    }
+}
+
 /// Builds the per-provider runtimes and applies their specs to the engine.
 pub fn providers(
     config: &Config,

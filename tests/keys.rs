@@ -580,3 +580,48 @@ async fn single_key_429_is_retried_on_the_same_key_after_retry_after_within_the_
         .unwrap();
     assert!(delayed >= 500, "waited about the Retry-After: {delayed} ms");
 }
+
+/// A key whose key-scope calendar limit is spent shows as `exhausted` until the window resets
+/// (in `/status` and `quota_proxy_key_state`), and calls go to the other key.
+#[tokio::test]
+async fn a_key_with_its_daily_limit_spent_is_exhausted() {
+    let up = MockUpstream::plain(echo()).await;
+    let cfg = mock_config(&up)
+        .raw(
+            r#"
+[providers.mock.keys]
+strategy = "fill_first"
+pool = [{ id = "first", env = "EXH_K1" }, { id = "second", env = "EXH_K2" }]
+[[providers.mock.limits]]
+name = "per-key-daily"
+amount = 2
+window = "day"
+scope = "key"
+"#,
+        )
+        .build();
+    let proxy = Proxy::start_with_env(&cfg, &[("EXH_K1", "k-one"), ("EXH_K2", "k-two")]);
+    let mut used = Vec::new();
+    for _ in 0..3 {
+        let r = route(proxy.proxy_addr, "GET", "/mock/x", &[], bytes::Bytes::new()).await;
+        assert_eq!(r.status, 200);
+        used.push(r.header("x-quota-proxy-key").unwrap().to_string());
+    }
+    assert_eq!(used, ["first", "first", "second"]);
+    let (_, body) = admin_get(proxy.admin_addr, "/status/mock").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let keys = &v["providers"]["mock"]["keys"];
+    assert_eq!(keys[0]["state"], "exhausted", "{body}");
+    assert!(
+        keys[0]["until"].is_string(),
+        "exhausted until the day resets: {body}"
+    );
+    assert_eq!(keys[1]["state"], "active");
+    let (_, metrics) = admin_get(proxy.admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains(
+            "quota_proxy_key_state{provider=\"mock\",key=\"first\",state=\"exhausted\"} 1"
+        ),
+        "{metrics}"
+    );
+}

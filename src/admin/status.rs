@@ -35,14 +35,14 @@ pub fn status(rt: &Runtime, engine: &Engine, only: Option<&str>) -> Option<Value
 }
 
 fn provider_status(p: &ProviderRuntime, now: Micros) -> Value {
+    p.refresh_key_states(now);
     let limits: Vec<Value> = p
         .quota
         .snapshot(now)
         .iter()
         .map(|l| limit_json(p, l, now))
         .collect();
-    let mut pool = p.pool.lock().unwrap_or_else(|e| e.into_inner());
-    pool.refresh(now);
+    let pool = p.pool.lock().unwrap_or_else(|e| e.into_inner());
     let keys: Vec<Value> = pool
         .keys
         .iter()
@@ -191,8 +191,8 @@ pub fn refresh_gauges(rt: &Runtime, engine: &Engine) {
         }
         metrics::gauge!("quota_proxy_queue_length", "provider" => name.clone())
             .set(p.quota.queue_len() as f64);
-        let mut pool = p.pool.lock().unwrap_or_else(|e| e.into_inner());
-        pool.refresh(now);
+        p.refresh_key_states(now);
+        let pool = p.pool.lock().unwrap_or_else(|e| e.into_inner());
         for k in &pool.keys {
             for state in KeyState::NAMES {
                 let v = if k.state.name() == state { 1.0 } else { 0.0 };
