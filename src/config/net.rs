@@ -22,7 +22,9 @@ impl HostPattern {
         let host = host.strip_suffix('.').unwrap_or(host);
         if self.wildcard {
             host.len() > self.host.len()
-                && host[host.len() - self.host.len()..].eq_ignore_ascii_case(&self.host)
+                && host
+                    .get(host.len() - self.host.len()..)
+                    .is_some_and(|suffix| suffix.eq_ignore_ascii_case(&self.host))
         } else {
             host.eq_ignore_ascii_case(&self.host)
         }
@@ -167,6 +169,7 @@ mod tests {
         assert!(w.matches("a.b.EXAMPLE.com", 443));
         assert!(!w.matches("example.com", 443));
         assert!(!w.matches("badexample.com", 443));
+        assert!(!w.matches("aéexample.com", 443), "a multi-byte host never panics");
         let port: HostPattern = "127.0.0.1:8443".parse().unwrap();
         assert!(port.matches("127.0.0.1", 8443));
         assert!(!port.matches("127.0.0.1", 443));
