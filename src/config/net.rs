@@ -169,7 +169,10 @@ mod tests {
         assert!(w.matches("a.b.EXAMPLE.com", 443));
         assert!(!w.matches("example.com", 443));
         assert!(!w.matches("badexample.com", 443));
-        assert!(!w.matches("aéexample.com", 443), "a multi-byte host never panics");
+        assert!(
+            !w.matches("aéexample.com", 443),
+            "a multi-byte host never panics"
+        );
         let port: HostPattern = "127.0.0.1:8443".parse().unwrap();
         assert!(port.matches("127.0.0.1", 8443));
         assert!(!port.matches("127.0.0.1", 443));
