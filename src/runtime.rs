@@ -81,8 +81,6 @@ pub struct ProviderRuntime {
     pub usage: Option<UsageFormat>,
     /// Whether the proxy sets OpenAI's `stream_options.include_usage`.
     pub openai_usage: bool,
-    /// Whether any limit counts tokens or dollars (so request bodies are read for estimates).
-    pub needs_tokens: bool,
     pub stats: Arc<ProviderStats>,
 }
 
@@ -174,15 +172,6 @@ pub fn providers(
             }),
             None => {}
         }
-        let needs_tokens = p.limits.iter().any(|l| {
-            matches!(
-                l.unit,
-                config::Unit::Tokens
-                    | config::Unit::InputTokens
-                    | config::Unit::OutputTokens
-                    | config::Unit::Usd
-            )
-        });
         let rt = ProviderRuntime {
             config: p.clone(),
             quota: handle,
@@ -194,7 +183,6 @@ pub fn providers(
             families,
             custom,
             usage,
-            needs_tokens,
             stats: stats.entry(p.name.clone()).or_default().clone(),
         };
         out.insert(p.name.clone(), Arc::new(rt));
