@@ -99,6 +99,27 @@ impl Drop for InFlightGuard {
 /// Wraps `inner`, recording arrival times and in-flight counts. A request counts as in
 /// flight from its arrival until `inner` returns the response head (before the proxy can see
 /// it), so the observed maximum never exceeds the real one.
+/// Asserts that sorted `arrivals` (timed at the mock) never put more than `max` calls in any
+/// interval of `window`: arrival `i + max` is at least `window` after arrival `i`. Arrivals
+/// are timed after the proxy's admission plus a transit time that varies by a few ms (more on
+/// a loaded machine), so `JITTER` is allowed, no more.
+pub fn assert_paced(arrivals: &[Instant], max: usize, window: Duration) {
+    const JITTER: Duration = Duration::from_millis(50);
+    for i in 0..arrivals.len().saturating_sub(max) {
+        let gap = arrivals[i + max] - arrivals[i];
+        assert!(
+            gap >= window - JITTER,
+            "arrivals {i} and {} only {gap:?} apart ({} calls in one {window:?} window); all: {:?}",
+            i + max,
+            max + 1,
+            arrivals
+                .iter()
+                .map(|t| *t - arrivals[0])
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
 pub fn tracked(inner: Handler) -> (Handler, Tracker) {
     let t = Tracker::default();
     let t2 = t.clone();
