@@ -625,3 +625,35 @@ scope = "key"
         "{metrics}"
     );
 }
+
+/// An unreachable upstream is named by its authority only: the app's own query credential
+/// never reaches the 502 body or the logs.
+#[tokio::test]
+async fn upstream_errors_never_echo_a_query_credential() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let cfg = ConfigBuilder::new()
+        .provider(
+            "odds",
+            &[
+                ("route", "\"/odds\""),
+                ("upstream", &toml_str(&format!("http://127.0.0.1:{port}"))),
+            ],
+        )
+        .raw("[providers.odds.keys]\ninject = { query = \"apiKey\" }\n")
+        .build();
+    let proxy = Proxy::start(&cfg);
+    let secret = "app-query-secret-42";
+    let r = route(
+        proxy.proxy_addr,
+        "GET",
+        &format!("/odds/v4/sports?apiKey={secret}"),
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_proxy_error(&r, 502, "error");
+    assert!(!r.text().contains(secret), "502 body: {}", r.text());
+    assert!(!proxy.logs().contains(secret), "logs leak the credential");
+}

@@ -145,10 +145,9 @@ pub async fn send(
                         if e.is_connect() {
                             permit.cancel();
                         }
-                        ProxyError::BadGateway(super::forward::describe_client_error(
-                            &head.uri.to_string(),
-                            &e,
-                        ))
+                        // The authority only: the path and query may carry a credential.
+                        let authority = head.uri.authority().map_or("upstream", |a| a.as_str());
+                        ProxyError::BadGateway(super::forward::describe_client_error(authority, &e))
                     }
                     Ok(Ok(_)) => ProxyError::BadGateway("unreachable".into()),
                 });
