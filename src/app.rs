@@ -179,13 +179,15 @@ pub fn prepare(config: Config) -> Result<Prepared, AppError> {
     let path = config.source.clone();
     let persistent = Arc::new(Persistent::new(Arc::new(crate::quota::SystemClock::new())));
     let state_settings = config.state.clone();
+    let clock = persistent.engine.clock().clone();
+    if let Some(backend) = state::open_shared(&state_settings, clock)? {
+        let sync = state::KeySync::start(backend.clone(), Arc::downgrade(&persistent));
+        let _ = persistent.key_sync.set(sync);
+        persistent.engine.set_backend(backend);
+    }
     let runtime = build_runtime(config, &persistent)?;
     let store: Arc<dyn state::Store> = Arc::from(state::open(&state_settings)?);
     restore_state(&persistent, store.as_ref())?;
-    let clock = persistent.engine.clock().clone();
-    if let Some(backend) = state::open_shared(&state_settings, clock)? {
-        persistent.engine.set_backend(backend);
-    }
     Ok(Prepared {
         path,
         persistent,

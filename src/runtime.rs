@@ -35,6 +35,8 @@ pub struct Persistent {
     pub pools: Mutex<HashMap<String, Arc<Mutex<Pool>>>>,
     pub averages: Mutex<HashMap<String, Arc<Mutex<RouteAverages>>>>,
     pub stats: Mutex<HashMap<String, Arc<ProviderStats>>>,
+    /// Key states shared with other replicas (Redis backend only).
+    pub key_sync: std::sync::OnceLock<Arc<crate::state::KeySync>>,
 }
 
 impl Persistent {
@@ -62,6 +64,7 @@ impl Persistent {
             pools: Mutex::new(HashMap::new()),
             averages: Mutex::new(HashMap::new()),
             stats: Mutex::new(HashMap::new()),
+            key_sync: std::sync::OnceLock::new(),
         }
     }
 }
@@ -82,6 +85,8 @@ pub struct ProviderRuntime {
     /// Whether the proxy sets OpenAI's `stream_options.include_usage`.
     pub openai_usage: bool,
     pub stats: Arc<ProviderStats>,
+    /// Shares this provider's key states with other replicas (Redis backend).
+    pub key_sync: Option<Arc<crate::state::KeySync>>,
 }
 
 impl ProviderRuntime {
@@ -184,6 +189,7 @@ pub fn providers(
             custom,
             usage,
             stats: stats.entry(p.name.clone()).or_default().clone(),
+            key_sync: persistent.key_sync.get().cloned(),
         };
         out.insert(p.name.clone(), Arc::new(rt));
     }

@@ -226,6 +226,9 @@ fn reset_key(admin: &Admin, path: &str) -> Response<Body> {
     };
     if p.pool.lock().unwrap_or_else(|e| e.into_inner()).reset(key) {
         tracing::info!(provider, key, "key state reset by the admin API");
+        if let Some(sync) = &p.key_sync {
+            sync.reset(provider, key);
+        }
         json_response(
             StatusCode::OK,
             &serde_json::json!({"provider": provider, "key": key, "state": "active"}),

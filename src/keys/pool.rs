@@ -74,6 +74,9 @@ pub struct KeyRuntime {
     pub in_flight: u32,
     pub sent: u64,
     pub learned: [Option<Learned>; 5],
+    /// Generation of the shared record (Redis backend): a reset anywhere bumps it, and a
+    /// record of a higher generation replaces this key's state instead of merging.
+    pub gen: u64,
 }
 
 /// The usable keys for a call, in the order to try them, and when the first unusable one frees.
@@ -108,6 +111,7 @@ impl Pool {
                 in_flight: 0,
                 sent: 0,
                 learned: [None; 5],
+                gen: 0,
             })
             .collect();
         Pool {
@@ -126,6 +130,7 @@ impl Pool {
                 k.in_flight = old.in_flight;
                 k.sent = old.sent;
                 k.learned = old.learned;
+                k.gen = old.gen;
             }
         }
         *self = fresh;

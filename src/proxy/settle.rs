@@ -77,9 +77,16 @@ pub fn observe_key(
         None => KeyEvent::Ok,
     };
     let mut pool = p.pool.lock().unwrap_or_else(|e| e.into_inner());
-    let before = pool.keys.get(i).map(|k| k.state.name());
+    let before = pool.keys.get(i).map(|k| k.state);
     pool.observe(i, event, &learned, now);
-    let after = pool.keys.get(i).map(|k| k.state.name());
+    let after = pool.keys.get(i).map(|k| k.state);
+    if let (Some(sync), Some(k)) = (&p.key_sync, pool.keys.get(i)) {
+        if before != after || !learned.is_empty() {
+            sync.changed(&p.config.name, &k.id, before != after);
+        }
+    }
+    drop(pool);
+    let (before, after) = (before.map(|s| s.name()), after.map(|s| s.name()));
     if before != after {
         tracing::info!(provider = %p.config.name, key = label.unwrap_or(""), from = before.unwrap_or(""), to = after.unwrap_or(""), status, "key state changed");
     }

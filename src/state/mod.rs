@@ -21,6 +21,8 @@
 
 mod codec;
 mod error;
+mod key_record;
+mod key_sync;
 mod local;
 mod memory;
 mod pools;
@@ -29,6 +31,8 @@ mod snapshot;
 
 pub use codec::FORMAT;
 pub use error::{Corruption, StateError};
+pub use key_record::{merge as merge_key_record, KeyRecord};
+pub use key_sync::KeySync;
 pub use local::{LocalStore, STATE_FILE};
 pub use memory::MemoryStore;
 pub use pools::{KeyExport, PoolExport, PoolReport};

@@ -14,6 +14,7 @@ pub mod config;
 pub mod handlers;
 pub mod proxy;
 pub mod quota;
+pub mod redis_server;
 pub mod upstream;
 pub mod wait;
 
@@ -23,6 +24,7 @@ pub use config::{toml_str, ConfigBuilder};
 pub use handlers::*;
 pub use proxy::{run_cli, run_cli_with_env, Proxy};
 pub use quota::*;
+pub use redis_server::{free_port, with_redis, RedisServer};
 pub use upstream::{MockUpstream, Recorded};
 pub use wait::eventually;
 

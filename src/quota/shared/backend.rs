@@ -39,7 +39,7 @@ pub struct RedisBackend {
     instance: String,
     pending: Mutex<VecDeque<Batch>>,
     tx: mpsc::UnboundedSender<Batch>,
-    pub(super) clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -156,6 +156,11 @@ impl RedisBackend {
         Ok(())
     }
 
+    /// A new publish/subscribe connection (key states shared between replicas).
+    pub(crate) async fn pubsub(&self) -> Result<redis::aio::PubSub, BackendError> {
+        Ok(self.client.get_async_pubsub().await?)
+    }
+
     /// Whether Redis is considered unreachable now (breaker open or never connected).
     pub fn is_down(&self) -> bool {
         self.conn.load().is_none() || lock(&self.breaker).is_open()
@@ -196,7 +201,7 @@ impl RedisBackend {
     }
 
     /// Runs `f` on the connection under the breaker and the timeout, recording the result.
-    async fn call<T, F, Fut>(&self, f: F) -> Result<T, BackendError>
+    pub(crate) async fn call<T, F, Fut>(&self, f: F) -> Result<T, BackendError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
