@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use super::key_record::{merge, record_key, KeyRecord};
 use crate::keys::Pool;
 use crate::quota::shared::keys::{escape, hash_tag};
-use crate::quota::shared::RedisBackend;
+use crate::quota::shared::{BackendError, RedisBackend};
 use crate::runtime::Persistent;
 
 /// Signal-only updates of a key are written at most this often.
@@ -110,6 +110,22 @@ impl KeySync {
                 None => return,
             }
         };
+        match self.write(provider, id, &record, reset).await {
+            Ok(Ok(Some(merged))) => apply(pool, id, &merged),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!(provider, key = id, "shared key record unreadable: {e}"),
+            Err(e) => tracing::debug!(provider, key = id, "key state not shared yet: {e}"),
+        }
+    }
+
+    /// Merges `record` into the shared record of key `id` (or resets it); the result.
+    pub(crate) async fn write(
+        &self,
+        provider: &str,
+        id: &str,
+        record: &KeyRecord,
+        reset: bool,
+    ) -> Result<Result<Option<KeyRecord>, String>, BackendError> {
         let mut inv = self.script.prepare_invoke();
         let ttl = record
             .state
@@ -129,16 +145,11 @@ impl KeySync {
             .arg(ttl)
             .arg(&self.channel)
             .arg(record.learned_args());
-        let reply: Result<Vec<String>, _> = self
+        let pairs: Vec<String> = self
             .backend
             .call(|mut c| async move { inv.invoke_async(&mut c).await })
-            .await;
-        match reply.map(|pairs| KeyRecord::decode(&pairs)) {
-            Ok(Ok(Some(merged))) => apply(pool, id, &merged),
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => tracing::warn!(provider, key = id, "shared key record unreadable: {e}"),
-            Err(e) => tracing::debug!(provider, key = id, "key state not shared yet: {e}"),
-        }
+            .await?;
+        Ok(KeyRecord::decode(&pairs))
     }
 
     /// Every key of every provider, merged both ways (pipelined on the one connection).
@@ -263,7 +274,7 @@ async fn subscriber(sync: Weak<KeySync>, persistent: Weak<Persistent>) {
         let subscribed = async {
             let mut pubsub = s.backend.pubsub().await?;
             pubsub.subscribe(&s.channel).await?;
-            Ok::<_, crate::quota::shared::BackendError>(pubsub)
+            Ok::<_, BackendError>(pubsub)
         };
         let pubsub = match tokio::time::timeout(s.backend.options.connect_timeout, subscribed).await
         {
@@ -296,3 +307,7 @@ async fn subscriber(sync: Weak<KeySync>, persistent: Weak<Persistent>) {
         tokio::time::sleep(RESUBSCRIBE).await;
     }
 }
+
+#[cfg(test)]
+#[path = "key_sync_tests.rs"]
+mod tests;

@@ -40,7 +40,7 @@ mod plan;
 mod worker;
 
 #[cfg(test)]
-mod script_tests;
+pub(crate) mod script_tests;
 
 pub use backend::RedisBackend;
 pub(crate) use backend::POLL;

@@ -11,9 +11,9 @@ use crate::quota::state::ProviderState;
 use crate::quota::unit::{Costs, Unit};
 use crate::quota::Demand;
 
-struct Server {
+pub(crate) struct Server {
     child: std::process::Child,
-    url: String,
+    pub url: String,
 }
 
 impl Drop for Server {
@@ -23,7 +23,8 @@ impl Drop for Server {
     }
 }
 
-async fn server() -> Server {
+/// A `redis-server` of the test's own on a free port.
+pub(crate) async fn server() -> Server {
     for _ in 0..20 {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -63,7 +64,7 @@ async fn server() -> Server {
     panic!("could not start redis-server");
 }
 
-async fn backend(url: &str) -> Arc<RedisBackend> {
+pub(crate) async fn backend(url: &str) -> Arc<RedisBackend> {
     let mut o = RedisOptions::new(url, "t", OnError::Deny);
     o.timeout = Duration::from_secs(2);
     RedisBackend::connect(o, Arc::new(SystemClock::new()))
