@@ -93,7 +93,7 @@ impl ProviderRuntime {
     /// Marks keys whose key-scope calendar limit is spent as `exhausted` until the window
     /// resets (SPEC §6), so status, metrics and key choice show it. Admission already refuses
     /// such keys; this makes the state visible.
-    pub fn refresh_key_states(&self, now: quota::Micros) {
+    pub fn refresh_key_states(&self, limits: &[quota::LimitStatus], now: quota::Micros) {
         let calendar: Vec<&str> = self
             .config
             .limits
@@ -108,7 +108,7 @@ impl ProviderRuntime {
         if calendar.is_empty() {
             return;
         }
-        for l in self.quota.snapshot(now) {
+        for l in limits {
             let spent = l.scope == quota::Scope::Key
                 && l.remaining < 1e-9
                 && calendar.contains(&l.name.as_str());

@@ -109,10 +109,9 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
         }
         (&Method::GET, "/metrics") => match &admin.metrics {
             Some(h) => {
-                status::refresh_gauges(
-                    &admin.shared.runtime.load(),
-                    &admin.shared.persistent.engine,
-                );
+                let (rt, engine) = (admin.shared.runtime.load(), &admin.shared.persistent.engine);
+                let limits = status::limits(&rt, engine, None).await;
+                status::refresh_gauges(&rt, engine, &limits);
                 let mut resp = text(StatusCode::OK, h.render());
                 resp.headers_mut().insert(
                     http::header::CONTENT_TYPE,
@@ -137,20 +136,16 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
             ),
         },
         (&Method::GET, "/status") => {
-            let v = status::status(
-                &admin.shared.runtime.load(),
-                &admin.shared.persistent.engine,
-                None,
-            );
+            let (rt, engine) = (admin.shared.runtime.load(), &admin.shared.persistent.engine);
+            let limits = status::limits(&rt, engine, None).await;
+            let v = status::status(&rt, engine, &limits, None);
             json_response(StatusCode::OK, &v.unwrap_or_default(), "admin")
         }
         (&Method::GET, path) if path.starts_with("/status/") => {
             let name = &path["/status/".len()..];
-            match status::status(
-                &admin.shared.runtime.load(),
-                &admin.shared.persistent.engine,
-                Some(name),
-            ) {
+            let (rt, engine) = (admin.shared.runtime.load(), &admin.shared.persistent.engine);
+            let limits = status::limits(&rt, engine, Some(name)).await;
+            match status::status(&rt, engine, &limits, Some(name)) {
                 Some(v) => json_response(StatusCode::OK, &v, "admin"),
                 None => json_error(
                     StatusCode::NOT_FOUND,

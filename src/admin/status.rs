@@ -1,6 +1,8 @@
 //! `/status` and `/history` documents (SPEC §9), and the gauges refreshed at each scrape
 //! (`limit_used`, `limit_amount`, `limit_remaining`, `queue_length`, `key_state`).
 
+use std::collections::HashMap;
+
 use serde_json::{json, Value};
 
 use crate::keys::{KeyState, LearnedUnit};
@@ -15,8 +17,63 @@ pub fn rfc3339(t: Micros) -> String {
         .unwrap_or_default()
 }
 
-/// The whole status, or one provider's (None if no such provider).
-pub fn status(rt: &Runtime, engine: &Engine, only: Option<&str>) -> Option<Value> {
+/// One provider's limits as the status shows them, and where the figures come from.
+pub struct Limits {
+    pub limits: Vec<LimitStatus>,
+    /// `"local"` (this process's counters), `"redis"` (shared by every replica), or
+    /// `"local (redis unreachable)"`.
+    pub source: &'static str,
+}
+
+/// The limits of every provider (or only `only`): from Redis when they are shared there,
+/// else from this process.
+pub async fn limits(rt: &Runtime, engine: &Engine, only: Option<&str>) -> HashMap<String, Limits> {
+    let now = engine.clock().now();
+    let mut out = HashMap::new();
+    for (name, p) in rt
+        .providers
+        .iter()
+        .filter(|(n, _)| only.is_none_or(|o| o == n.as_str()))
+    {
+        let keys: Vec<String> = p.config.keys.keys.iter().map(|k| k.id.clone()).collect();
+        let mut accounts: Vec<String> = p
+            .config
+            .keys
+            .keys
+            .iter()
+            .filter_map(|k| k.account.clone())
+            .collect();
+        accounts.sort();
+        accounts.dedup();
+        let entry = match p.quota.shared_snapshot(&keys, &accounts, now).await {
+            None => Limits {
+                limits: p.quota.snapshot(now),
+                source: "local",
+            },
+            Some(Ok(limits)) => Limits {
+                limits,
+                source: "redis",
+            },
+            Some(Err(e)) => {
+                tracing::debug!(provider = %name, "shared counters unreadable: {e}");
+                Limits {
+                    limits: p.quota.snapshot(now),
+                    source: "local (redis unreachable)",
+                }
+            }
+        };
+        out.insert(name.clone(), entry);
+    }
+    out
+}
+
+/// The whole status, or one provider's (None if no such provider). `limits` from [`limits`].
+pub fn status(
+    rt: &Runtime,
+    engine: &Engine,
+    limits: &HashMap<String, Limits>,
+    only: Option<&str>,
+) -> Option<Value> {
     let now = engine.clock().now();
     let mut names: Vec<&String> = rt
         .providers
@@ -29,19 +86,19 @@ pub fn status(rt: &Runtime, engine: &Engine, only: Option<&str>) -> Option<Value
     names.sort();
     let providers: serde_json::Map<String, Value> = names
         .into_iter()
-        .map(|n| (n.clone(), provider_status(&rt.providers[n], now)))
+        .filter_map(|n| {
+            Some((
+                n.clone(),
+                provider_status(&rt.providers[n], limits.get(n)?, now),
+            ))
+        })
         .collect();
     Some(json!({ "generated_at": rfc3339(now), "providers": providers }))
 }
 
-fn provider_status(p: &ProviderRuntime, now: Micros) -> Value {
-    p.refresh_key_states(now);
-    let limits: Vec<Value> = p
-        .quota
-        .snapshot(now)
-        .iter()
-        .map(|l| limit_json(p, l, now))
-        .collect();
+fn provider_status(p: &ProviderRuntime, l: &Limits, now: Micros) -> Value {
+    p.refresh_key_states(&l.limits, now);
+    let limits: Vec<Value> = l.limits.iter().map(|l| limit_json(p, l, now)).collect();
     let pool = p.pool.lock().unwrap_or_else(|e| e.into_inner());
     let keys: Vec<Value> = pool
         .keys
@@ -75,6 +132,7 @@ fn provider_status(p: &ProviderRuntime, now: Micros) -> Value {
         "hosts": p.config.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
         "route": p.config.route,
         "limits": limits,
+        "counters": l.source,
         "keys": keys,
         "queue_length": p.quota.queue_len(),
         "totals": totals_json(&t),
@@ -176,10 +234,13 @@ pub fn history(rt: &Runtime, engine: &Engine, query: Option<&str>) -> Result<Val
 }
 
 /// Sets the per-limit, queue and key-state gauges from the current state.
-pub fn refresh_gauges(rt: &Runtime, engine: &Engine) {
+pub fn refresh_gauges(rt: &Runtime, engine: &Engine, limits: &HashMap<String, Limits>) {
     let now = engine.clock().now();
     for (name, p) in &rt.providers {
-        for l in p.quota.snapshot(now) {
+        let Some(limits) = limits.get(name) else {
+            continue;
+        };
+        for l in &limits.limits {
             let labels = [
                 ("provider", name.clone()),
                 ("limit", l.name.clone()),
@@ -191,7 +252,7 @@ pub fn refresh_gauges(rt: &Runtime, engine: &Engine) {
         }
         metrics::gauge!("quota_proxy_queue_length", "provider" => name.clone())
             .set(p.quota.queue_len() as f64);
-        p.refresh_key_states(now);
+        p.refresh_key_states(&limits.limits, now);
         let pool = p.pool.lock().unwrap_or_else(|e| e.into_inner());
         for k in &pool.keys {
             for state in KeyState::NAMES {

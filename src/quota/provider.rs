@@ -211,6 +211,22 @@ impl Provider {
         self.0.lock().snapshot(now)
     }
 
+    /// Status of every counter shared through Redis (the configured `keys` and `accounts`
+    /// and every scope id Redis holds); `None` when this provider's counters are not shared
+    /// (no Redis backend, or shadow mode).
+    pub async fn shared_snapshot(
+        &self,
+        keys: &[String],
+        accounts: &[String],
+        now: Micros,
+    ) -> Option<Result<Vec<LimitStatus>, crate::quota::shared::BackendError>> {
+        let b = Arc::clone(self.0.shared.backend.get()?);
+        if self.0.lock().is_shadow() {
+            return None;
+        }
+        Some(self.0.shared_snapshot(&b, keys, accounts, now).await)
+    }
+
     /// Admits a call now or refuses it; never waits (a wait becomes `Limited`) and ignores
     /// the queue.
     pub fn try_admit(&self, demand: &Demand<'_>) -> Result<Permit, Refusal> {

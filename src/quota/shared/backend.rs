@@ -32,6 +32,7 @@ pub struct RedisBackend {
     pub(super) conn: ArcSwapOption<ConnectionManager>,
     admit: Script,
     adjust: Script,
+    pub(super) peek: Script,
     pub(super) breaker: Mutex<Breaker>,
     /// Redis time minus local clock time (µs), from the last reply.
     offset: AtomicI64,
@@ -76,6 +77,7 @@ impl RedisBackend {
             conn: ArcSwapOption::empty(),
             admit: Script::new(include_str!("admit.lua")),
             adjust: Script::new(include_str!("adjust.lua")),
+            peek: Script::new(include_str!("peek.lua")),
             offset: AtomicI64::new(0),
             seq: AtomicU64::new(0),
             instance: instance_id(),
@@ -147,6 +149,7 @@ impl RedisBackend {
         let mut conn = manager.clone();
         let load = async {
             self.admit.load_async(&mut conn).await?;
+            self.peek.load_async(&mut conn).await?;
             self.adjust.load_async(&mut conn).await
         };
         tokio::time::timeout(bound, load)

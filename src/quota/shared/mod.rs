@@ -36,6 +36,7 @@ mod backend;
 mod breaker;
 pub mod keys;
 mod options;
+mod peek;
 mod plan;
 mod worker;
 

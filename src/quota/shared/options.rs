@@ -61,4 +61,6 @@ pub enum BackendError {
     Open,
     #[error("unexpected script reply {0:?}")]
     Reply(Vec<i64>),
+    #[error("unexpected reply: {0}")]
+    Malformed(String),
 }

@@ -8,7 +8,7 @@ use crate::quota::clock::Micros;
 use crate::quota::fit::non_negative;
 use crate::quota::rolling::BUCKETS;
 use crate::quota::shared::keys::{counter_key, period_key};
-use crate::quota::spec::{Scope, WindowKind};
+use crate::quota::spec::{LimitSpec, Scope, WindowKind};
 use crate::quota::state::ProviderState;
 use crate::quota::unit::{Costs, Unit};
 
@@ -23,6 +23,18 @@ pub(crate) enum Kind {
     Calendar { start: Micros, end: Micros },
     /// A sorted set of leases (member → expiry), so a crashed proxy frees its slots.
     Concurrent { lease: Micros, member: String },
+}
+
+impl Kind {
+    /// The script fields of this kind: its letter and two parameters.
+    pub(crate) fn args(&self) -> (&'static str, String, String) {
+        match self {
+            Kind::Rolling { width, n } => ("r", width.to_string(), n.to_string()),
+            Kind::Bucket { rate, burst } => ("b", rate.to_string(), burst.to_string()),
+            Kind::Calendar { start, end } => ("c", start.to_string(), end.to_string()),
+            Kind::Concurrent { lease, member } => ("k", lease.to_string(), member.clone()),
+        }
+    }
 }
 
 /// One limit+scope of an admission.
@@ -120,28 +132,7 @@ impl ProviderState {
             if cost <= 0.0 {
                 continue;
             }
-            let amount = non_negative(spec.amount);
-            let counter = counter_key(ctx.tag, spec, sid);
-            let (kind, key, capacity) = match spec.window {
-                _ if spec.unit == Unit::Concurrent => (concurrent(ctx), counter, amount),
-                WindowKind::None => (concurrent(ctx), counter, amount),
-                WindowKind::Rolling { len } => {
-                    let len = len.max(1);
-                    let width = len.div_ceil(BUCKETS).max(1);
-                    let n = len.div_ceil(width);
-                    (Kind::Rolling { width, n }, counter, amount)
-                }
-                WindowKind::TokenBucket { len, burst } => {
-                    let burst = non_negative(burst);
-                    let rate = amount / len.max(1) as f64;
-                    (Kind::Bucket { rate, burst }, counter, burst)
-                }
-                WindowKind::Calendar { period, tz } => {
-                    let (start, end) = period_bounds(period, tz, ctx.now);
-                    let key = period_key(&counter, start);
-                    (Kind::Calendar { start, end }, key, amount)
-                }
-            };
+            let (kind, key, capacity) = counter_of(spec, sid, ctx);
             items.push(Item {
                 key,
                 kind,
@@ -158,6 +149,37 @@ impl ProviderState {
     }
 }
 
+/// How the counter of `spec` for `scope_id` is kept: its kind, its key (calendar: of the
+/// period holding `ctx.now`) and its capacity.
+pub(crate) fn counter_of(
+    spec: &LimitSpec,
+    scope_id: &str,
+    ctx: &PlanCtx<'_>,
+) -> (Kind, String, f64) {
+    let amount = non_negative(spec.amount);
+    let counter = counter_key(ctx.tag, spec, scope_id);
+    match spec.window {
+        _ if spec.unit == Unit::Concurrent => (concurrent(ctx), counter, amount),
+        WindowKind::None => (concurrent(ctx), counter, amount),
+        WindowKind::Rolling { len } => {
+            let len = len.max(1);
+            let width = len.div_ceil(BUCKETS).max(1);
+            let n = len.div_ceil(width);
+            (Kind::Rolling { width, n }, counter, amount)
+        }
+        WindowKind::TokenBucket { len, burst } => {
+            let burst = non_negative(burst);
+            let rate = amount / len.max(1) as f64;
+            (Kind::Bucket { rate, burst }, counter, burst)
+        }
+        WindowKind::Calendar { period, tz } => {
+            let (start, end) = period_bounds(period, tz, ctx.now);
+            let key = period_key(&counter, start);
+            (Kind::Calendar { start, end }, key, amount)
+        }
+    }
+}
+
 fn concurrent(ctx: &PlanCtx<'_>) -> Kind {
     Kind::Concurrent {
         lease: ctx.lease,
@@ -170,12 +192,7 @@ pub(crate) fn admit_args(items: &[Item]) -> Vec<String> {
     let mut out = Vec::with_capacity(1 + items.len() * 5);
     out.push(items.len().to_string());
     for it in items {
-        let (k, p1, p2) = match &it.kind {
-            Kind::Rolling { width, n } => ("r", width.to_string(), n.to_string()),
-            Kind::Bucket { rate, burst } => ("b", rate.to_string(), burst.to_string()),
-            Kind::Calendar { start, end } => ("c", start.to_string(), end.to_string()),
-            Kind::Concurrent { lease, member } => ("k", lease.to_string(), member.clone()),
-        };
+        let (k, p1, p2) = it.kind.args();
         out.extend([
             k.to_string(),
             it.cost.to_string(),
