@@ -63,6 +63,11 @@ impl ShareTable {
         }
     }
 
+    /// Whether a group may use what no other listed client's unused guarantee holds.
+    pub fn borrow(&self) -> bool {
+        self.borrow
+    }
+
     /// Number of groups (listed clients plus the "everyone else" group).
     pub fn groups(&self) -> usize {
         self.fractions.len()

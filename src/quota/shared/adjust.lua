@@ -3,7 +3,8 @@
 --   kind, delta (units to add, may be negative), tag, p1, p2
 --   r: tag = sub-bucket index, p1 = width µs, p2 = n      (skipped once out of the window)
 --   b: p1 = rate per µs, p2 = burst
---   c: p1 = period end µs                                  (skipped once the period is over)
+--   c: tag = client-share group field ('' = none), p1 = period end µs
+--                                                          (skipped once the period is over)
 --   k: tag = lease member to release (delta ignored)
 -- A counter never goes below zero. Reply: the server time (µs).
 local MARGIN = 60000
@@ -37,9 +38,15 @@ for i = 1, n do
     redis.call('PEXPIRE', key, refill + MARGIN)
   elseif kind == 'c' then
     if now < p1 and delta ~= 0 then
+      local ttl = math.ceil((p1 - now) / 1000) + MARGIN
       local v = tonumber(redis.call('INCRBYFLOAT', key, delta))
       if v < 0 then redis.call('SET', key, 0) end
-      redis.call('PEXPIRE', key, math.ceil((p1 - now) / 1000) + MARGIN)
+      redis.call('PEXPIRE', key, ttl)
+      if tag ~= '' then
+        local g = tonumber(redis.call('HINCRBYFLOAT', key .. ':g', tag, delta))
+        if g < 0 then redis.call('HSET', key .. ':g', tag, 0) end
+        redis.call('PEXPIRE', key .. ':g', ttl)
+      end
     end
   else
     redis.call('ZREM', key, tag)

@@ -1,10 +1,13 @@
 -- quota-proxy: one admission, atomically, on the Redis server's clock.
--- KEYS[i]: the counter of item i. ARGV[1]: item count; then 5 fields per item:
---   kind ('r' rolling | 'b' token bucket | 'c' calendar | 'k' concurrency), cost, cap, p1, p2
+-- KEYS[i]: the counter of item i. ARGV[1]: item count; then per item 6 fields and m more:
+--   kind ('r' rolling | 'b' token bucket | 'c' calendar | 'k' concurrency), cost, cap, p1, p2, m
 --   r: p1 = sub-bucket width µs, p2 = sub-buckets per window (n)
 --   b: p1 = refill rate per µs, p2 = burst
 --   c: p1 = period start µs, p2 = period end µs (computed by the proxy)
 --   k: p1 = lease µs, p2 = lease member (unique per call)
+--   m > 0 (calendar with client shares): the caller's group (1-based), borrow (0|1), the
+--   limit's whole amount, then (field, fraction) per group, the last being everyone not
+--   listed; per-group usage lives in the hash KEYS[i]..':g' (the rule of quota/shares.rs).
 -- Replies: {1, now} admitted | {0, until, item, on_release, now} wait |
 --          {2, item, now} too large | {3, now} calendar bounds stale (recompute, call again)
 local MARGIN = 60000 -- ms kept beyond a counter's last relevant instant
@@ -67,6 +70,35 @@ local function calendar(key, cost, cap, start, stop)
   return 'at', stop
 end
 
+local function share_check(key, total, cost, sh)
+  local amount, g, last = sh.amount, sh.group, #sh.fields
+  local vals = redis.call('HMGET', key .. ':g', unpack(sh.fields))
+  local used = {}
+  for h = 1, last do used[h] = tonumber(vals[h]) or 0 end
+  local own = sh.fracs[g] * amount
+  local within_own = fits(used[g], cost, own)
+  local listed = g < last
+  local ok
+  if listed and within_own then ok = true
+  elseif listed and not sh.borrow then ok = false
+  else
+    local locked = 0
+    for h = 1, last - 1 do
+      if h ~= g then locked = locked + math.max(0, sh.fracs[h] * amount - used[h]) end
+    end
+    ok = (sh.borrow or within_own) and fits(total + locked, cost, amount)
+  end
+  if ok then return 'ok' end
+  local most = own
+  if sh.borrow then
+    local others = 0
+    for h = 1, last - 1 do if h ~= g then others = others + sh.fracs[h] end end
+    most = math.max(sh.fracs[g], 1 - others) * amount
+  end
+  if fits(0, cost, most) then return 'later' end
+  return 'never'
+end
+
 local function concurrency(key, cap)
   if not fits(0, 1, cap) then return 'never' end
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
@@ -74,15 +106,39 @@ local function concurrency(key, cap)
   return 'release'
 end
 
+local items, a = {}, 2
+for i = 1, n do
+  local it = {kind = ARGV[a], cost = ARGV[a + 1], cap = tonumber(ARGV[a + 2]),
+    p1 = tonumber(ARGV[a + 3]), p2 = ARGV[a + 4]}
+  local m = tonumber(ARGV[a + 5])
+  if m > 0 then
+    local sh = {group = tonumber(ARGV[a + 6]), borrow = ARGV[a + 7] == '1',
+      amount = tonumber(ARGV[a + 8]), fields = {}, fracs = {}}
+    for j = a + 9, a + 5 + m, 2 do
+      sh.fields[#sh.fields + 1] = ARGV[j]
+      sh.fracs[#sh.fracs + 1] = tonumber(ARGV[j + 1])
+    end
+    it.share = sh
+  end
+  items[i] = it
+  a = a + 6 + m
+end
+
 local latest, latest_i, release_i = nil, nil, nil
 for i = 1, n do
-  local a = 1 + (i - 1) * 5
-  local kind, cost, cap = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local p1, p2 = tonumber(ARGV[a + 4]), ARGV[a + 5]
+  local it = items[i]
+  local kind, cost, cap, p1, p2 = it.kind, tonumber(it.cost), it.cap, it.p1, it.p2
   local fit, at
   if kind == 'r' then fit, at = rolling(KEYS[i], cost, cap, p1, tonumber(p2))
   elseif kind == 'b' then fit, at = bucket(KEYS[i], cost, cap, p1, tonumber(p2))
-  elseif kind == 'c' then fit, at = calendar(KEYS[i], cost, cap, p1, tonumber(p2))
+  elseif kind == 'c' then
+    fit, at = calendar(KEYS[i], cost, cap, p1, tonumber(p2))
+    if it.share ~= nil and fit ~= 'stale' and fit ~= 'never' then
+      local total = tonumber(redis.call('GET', KEYS[i]) or '0')
+      local s = share_check(KEYS[i], total, cost, it.share)
+      if s == 'never' then fit = 'never'
+      elseif s == 'later' then fit, at = 'at', tonumber(p2) end
+    end
   else fit = concurrency(KEYS[i], cap) end
   if fit == 'stale' then return {3, now} end
   if fit == 'never' then return {2, i, now} end
@@ -94,9 +150,8 @@ if release_i ~= nil or latest ~= nil then
 end
 
 for i = 1, n do
-  local a = 1 + (i - 1) * 5
-  local kind, cost = ARGV[a + 1], ARGV[a + 2]
-  local p1, p2 = tonumber(ARGV[a + 4]), ARGV[a + 5]
+  local it = items[i]
+  local kind, cost, p1, p2 = it.kind, it.cost, it.p1, it.p2
   local key = KEYS[i]
   if kind == 'r' then
     redis.call('HINCRBYFLOAT', key, math.floor(now / p1), cost)
@@ -108,8 +163,13 @@ for i = 1, n do
     local refill = p1 > 0 and math.ceil((burst - level) / p1 / 1000) or 86400000
     redis.call('PEXPIRE', key, refill + MARGIN)
   elseif kind == 'c' then
+    local ttl = math.ceil((tonumber(p2) - now) / 1000) + MARGIN
     redis.call('INCRBYFLOAT', key, cost)
-    redis.call('PEXPIRE', key, math.ceil((tonumber(p2) - now) / 1000) + MARGIN)
+    redis.call('PEXPIRE', key, ttl)
+    if it.share ~= nil then
+      redis.call('HINCRBYFLOAT', key .. ':g', it.share.fields[it.share.group], cost)
+      redis.call('PEXPIRE', key .. ':g', ttl)
+    end
   else
     redis.call('ZADD', key, now + p1, p2)
     redis.call('PEXPIRE', key, math.ceil(p1 / 1000) + MARGIN)

@@ -37,6 +37,24 @@ impl Kind {
     }
 }
 
+/// The client-share rule of a shared calendar item (see [`crate::quota::shares`]): every
+/// group's usage is kept in the hash `<counter>:g`, field = group name.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ShareArgs {
+    /// The caller's group (index into `groups`).
+    pub group: usize,
+    pub borrow: bool,
+    /// (field name, guaranteed fraction) per group; the last is everyone not listed.
+    pub groups: Vec<(String, f64)>,
+}
+
+impl ShareArgs {
+    /// The group field of the caller.
+    pub fn field(&self) -> &str {
+        self.groups.get(self.group).map_or("", |g| g.0.as_str())
+    }
+}
+
 /// One limit+scope of an admission.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Item {
@@ -49,6 +67,8 @@ pub(crate) struct Item {
     pub limit: String,
     pub scope: Scope,
     pub scope_id: String,
+    /// The client-share rule, for provider-scope calendar limits of a provider with shares.
+    pub share: Option<ShareArgs>,
 }
 
 /// What a shared reservation holds: its items and the Redis time they were counted at.
@@ -123,6 +143,18 @@ impl ProviderState {
     /// scope, per-key overrides, zero costs skipped, priority reserve applied).
     pub(crate) fn shared_plan(&self, d: &Demand<'_>, ctx: &PlanCtx<'_>) -> Vec<Item> {
         let mut items = Vec::new();
+        let share = self.shares.as_ref().map(|t| ShareArgs {
+            group: t.group_of(d.client),
+            borrow: t.borrow(),
+            groups: (0..t.groups())
+                .map(|g| {
+                    let field = t
+                        .name(g)
+                        .map_or_else(|| "*".to_string(), |n| format!("c:{n}"));
+                    (field, t.fraction(g))
+                })
+                .collect(),
+        });
         for e in &self.entries {
             let Some(sid) = scope_id(e, d) else {
                 continue;
@@ -133,6 +165,11 @@ impl ProviderState {
                 continue;
             }
             let (kind, key, capacity) = counter_of(spec, sid, ctx);
+            // `e.shared`: a provider-scope calendar limit of a provider with shares.
+            let share = share
+                .as_ref()
+                .filter(|_| e.shared && matches!(kind, Kind::Calendar { .. }))
+                .cloned();
             items.push(Item {
                 key,
                 kind,
@@ -143,6 +180,7 @@ impl ProviderState {
                 limit: spec.name.clone(),
                 scope: spec.scope,
                 scope_id: sid.to_string(),
+                share,
             });
         }
         items
@@ -193,13 +231,25 @@ pub(crate) fn admit_args(items: &[Item]) -> Vec<String> {
     out.push(items.len().to_string());
     for it in items {
         let (k, p1, p2) = it.kind.args();
+        let m = it.share.as_ref().map_or(0, |s| 3 + 2 * s.groups.len());
         out.extend([
             k.to_string(),
             it.cost.to_string(),
             it.cap.to_string(),
             p1,
             p2,
+            m.to_string(),
         ]);
+        if let Some(s) = &it.share {
+            out.extend([
+                (s.group + 1).to_string(),
+                u8::from(s.borrow).to_string(),
+                it.capacity.to_string(),
+            ]);
+            for (field, fraction) in &s.groups {
+                out.extend([field.clone(), fraction.to_string()]);
+            }
+        }
     }
     out
 }
@@ -240,7 +290,7 @@ pub(crate) fn adjust_op(item: &Item, at: Micros, delta: f64, release: bool) -> O
         Kind::Calendar { end, .. } => [
             "c".into(),
             delta.to_string(),
-            "0".into(),
+            item.share.as_ref().map_or("", ShareArgs::field).to_string(),
             end.to_string(),
             "0".into(),
         ],
@@ -306,6 +356,7 @@ mod tests {
             limit: "tpm".into(),
             scope: Scope::Provider,
             scope_id: String::new(),
+            share: None,
         };
         let t = Ticket {
             items: vec![

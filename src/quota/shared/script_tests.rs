@@ -213,3 +213,94 @@ impl Reply {
         }
     }
 }
+
+/// The client-share rule decided in Redis agrees with the local engine's, call for call,
+/// with and without borrowing (SPEC §5).
+#[tokio::test]
+async fn client_shares_decide_like_the_local_engine() {
+    use crate::quota::spec::ClientShares;
+    use crate::quota::verdict::Admission;
+
+    let srv = server().await;
+    let b = backend(&srv.url).await;
+    let clients = ["europe", "americas", "apac", "other"];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for (round, borrow) in [false, true, false, true].into_iter().enumerate() {
+        let mut spec = ProviderSpec::new(
+            format!("p{round}"),
+            vec![LimitSpec::new(
+                "day",
+                Unit::Credits,
+                100.0,
+                WindowKind::Calendar {
+                    period: CalendarPeriod::Day,
+                    tz: chrono_tz::UTC,
+                },
+            )],
+        );
+        spec.shares = Some(ClientShares {
+            shares: vec![("europe".into(), 0.4), ("americas".into(), 0.35)],
+            borrow,
+        });
+        let mut local = ProviderState::new(spec);
+        let state = ProviderState::new(local.spec().clone());
+        let Reply::Stale { now } = b
+            .admit(&plan_for(&state, "europe", 1.0, round, 0))
+            .await
+            .unwrap()
+        else {
+            panic!("the first call names the period")
+        };
+        let (mut admitted, mut refused) = (0, 0);
+        for call in 0..60 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let client = clients[(seed % 4) as usize];
+            let cost = 1.0 + ((seed >> 8) % 45) as f64;
+            let want = local.try_admit(
+                &Demand::new(client, Costs::default().with(Unit::Credits, cost)),
+                now,
+            );
+            let got = b
+                .admit(&plan_for(&state, client, cost, round, now))
+                .await
+                .unwrap();
+            let same = matches!(
+                (&want, got),
+                (Admission::Admitted(_), Reply::Admitted { .. })
+                    | (Admission::Wait(_), Reply::Wait { .. })
+                    | (Admission::TooLarge(_), Reply::TooLarge { .. })
+            );
+            assert!(same, "borrow {borrow}, call {call}: {client} costing {cost}: local {want:?}, redis {got:?}");
+            match got {
+                Reply::Admitted { .. } => admitted += 1,
+                _ => refused += 1,
+            }
+        }
+        assert!(
+            admitted > 3 && refused > 3,
+            "a mix of both: {admitted} / {refused}"
+        );
+    }
+}
+
+fn plan_for(
+    state: &ProviderState,
+    client: &str,
+    cost: f64,
+    round: usize,
+    now: u64,
+) -> Vec<super::plan::Item> {
+    let tag = format!("{{t:p{round}}}");
+    let ctx = PlanCtx {
+        tag: &tag,
+        now,
+        lease: 60 * SECOND,
+        member: "m",
+    };
+    state.shared_plan(
+        &Demand::new(client, Costs::default().with(Unit::Credits, cost)),
+        &ctx,
+    )
+}

@@ -1,6 +1,7 @@
-//! `/status` and the `limit_*` gauges with the Redis backend (SPEC §9, §11): every replica
-//! shows the shared counters, including scope ids only another replica has served, and says
-//! where its figures come from. Each test starts its own `redis-server` on a free port.
+//! What replicas on one Redis share beyond plain limits (SPEC §5, §9, §11): client-share
+//! guarantees hold across replicas, and `/status` and the `limit_*` gauges show the shared
+//! counters on every replica, including scope ids only another replica has served. Each
+//! test starts its own `redis-server` on a free port.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -100,4 +101,52 @@ async fn every_replica_shows_the_shared_counters() {
     )
     .await;
     assert!(p["limits"].as_array().is_some(), "{p}");
+}
+
+#[tokio::test]
+async fn client_share_guarantees_hold_across_replicas() {
+    let redis = RedisServer::start().await;
+    let up = MockUpstream::plain(fixed(200, &[], "ok")).await;
+    let cfg = mock_provider(&up, &[])
+        .raw(&limit("daily", "requests", 10.0, "day", "provider"))
+        .raw(&on_limit("reject", "1s", 10))
+        .raw(
+            "[providers.mock.clients]\nshares = { europe = 0.5, americas = 0.3 }\nborrow = false\n",
+        )
+        .build();
+    let cfg = with_redis(&cfg, &redis, "local").replace(
+        "redis_prefix = \"qp\"\n",
+        "redis_prefix = \"qp\"\nredis_timeout = \"2s\"\n",
+    );
+    let (a, b) = (Proxy::start(&cfg), Proxy::start(&cfg));
+    let url = mock_url(&up, "/v1/x");
+    let call = |proxy: &Proxy, client: &'static str| {
+        let (addr, url) = (proxy.proxy_addr, url.clone());
+        async move { forward(addr, "GET", &url, &[("x-quota-client", client)], "").await }
+    };
+    // Europe's guarantee is 5 of 10, spread over both replicas; a sixth call is refused
+    // wherever it arrives, although the day limit has room.
+    for i in 0..5 {
+        let r = call(if i % 2 == 0 { &a } else { &b }, "europe").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    for p in [&a, &b] {
+        let r = call(p, "europe").await;
+        assert_quota_429(&r, "daily", "mock");
+    }
+    // Americas keeps its 3, and clients not listed share the remaining 2.
+    for i in 0..3 {
+        let r = call(if i % 2 == 0 { &b } else { &a }, "americas").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_quota_429(&call(&a, "americas").await, "daily", "mock");
+    for p in [&a, &b] {
+        assert_eq!(call(p, "apac").await.status, 200);
+    }
+    assert_quota_429(&call(&b, "apac").await, "daily", "mock");
+    assert_eq!(
+        up.requests().len(),
+        10,
+        "the upstream saw exactly the day's amount"
+    );
 }
