@@ -28,8 +28,12 @@
 //!   admits with the local engine and queues that usage to be added to Redis when it is
 //!   back; `allow` admits uncounted; `deny` refuses (503). A [`Breaker`] skips Redis for
 //!   1 s after 3 consecutive failures, then lets one probe through.
-//! - Not shared (local per replica): shadow-mode providers, client-share books (the total
-//!   is shared, the per-client guarantee is not), key states and learned signals.
+//! - **Client shares**: a shared calendar counter of a provider with `[clients]` keeps each
+//!   group's usage in the hash `<counter>:g` (field `c:<client>`, or `*` for everyone not
+//!   listed), and the script applies the rule of [`crate::quota::shares`].
+//! - **Status**: [`peek`] reads every counter without changing it.
+//! - Not shared (local per replica): shadow-mode providers. Key states and learned signals
+//!   are shared by [`crate::state::KeySync`].
 
 mod attempt;
 mod backend;
