@@ -113,7 +113,11 @@ impl RedisServer {
             .query_async(&mut conn)
             .await
             .unwrap();
-        v.iter().map(|(_, u)| u).sum()
+        // Sub-bucket fields are indices; `s` and `lo` are bookkeeping.
+        v.iter()
+            .filter(|(field, _)| field.parse::<u64>().is_ok())
+            .map(|(_, u)| u)
+            .sum()
     }
 }
 

@@ -21,7 +21,18 @@ for i = 1, n do
     local b = tonumber(tag)
     if b + buckets >= math.floor(now / width) and delta ~= 0 then
       local v = tonumber(redis.call('HINCRBYFLOAT', key, tag, delta))
-      if v <= 0 then redis.call('HDEL', key, tag) end
+      local counted = delta
+      if v <= 0 then
+        redis.call('HDEL', key, tag)
+        counted = delta - v
+      end
+      -- The sum of the counted sub-buckets (see admit.lua), if kept: a live sub-bucket is
+      -- always counted in it.
+      local lo = tonumber(redis.call('HGET', key, 'lo'))
+      if lo ~= nil and b >= lo then
+        local s = tonumber(redis.call('HINCRBYFLOAT', key, 's', counted))
+        if s < 0 then redis.call('HSET', key, 's', 0) end
+      end
       if redis.call('HLEN', key) > 0 then
         redis.call('PEXPIRE', key, math.ceil((buckets + 1) * width / 1000) + MARGIN)
       end

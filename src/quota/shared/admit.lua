@@ -19,23 +19,53 @@ local function fits(used, cost, cap)
   return used + cost <= cap + 1e-9 * math.max(math.abs(cap), 1)
 end
 
-local function rolling(key, cost, cap, width, buckets)
-  local head = math.floor(now / width)
-  local raw = redis.call('HGETALL', key)
-  local order, vals, sum, old = {}, {}, 0, {}
-  for j = 1, #raw, 2 do
-    local b, v = tonumber(raw[j]), tonumber(raw[j + 1])
-    if b + buckets < head then
-      old[#old + 1] = raw[j]
-    else
-      order[#order + 1] = b
-      vals[b] = v
-      sum = sum + v
+-- A rolling window is a hash of sub-buckets (field = sub-bucket index) plus two bookkeeping
+-- fields: 's', the sum of the sub-buckets from index 'lo' on, and 'lo', the oldest index
+-- still counted (every older one is gone). A call reads those two and drops only the
+-- sub-buckets that left the window since, instead of reading all of them.
+local function rolling_sum(key, width, buckets)
+  local first = math.floor(now / width) - buckets
+  local v = redis.call('HMGET', key, 's', 'lo')
+  local sum, lo = tonumber(v[1]), tonumber(v[2])
+  if sum ~= nil and lo ~= nil and lo >= first then return sum end
+  if sum ~= nil and lo ~= nil and first - lo <= buckets then
+    local dead = {}
+    for b = lo, first - 1 do dead[#dead + 1] = b end
+    local vals = redis.call('HMGET', key, unpack(dead))
+    for j = 1, #vals do sum = sum - (tonumber(vals[j]) or 0) end
+    redis.call('HDEL', key, unpack(dead))
+  else
+    -- First use, a long idle time, or a hash without bookkeeping: count from scratch.
+    sum = 0
+    local raw, old = redis.call('HGETALL', key), {}
+    for j = 1, #raw, 2 do
+      local b = tonumber(raw[j])
+      if b ~= nil and b < first then old[#old + 1] = raw[j]
+      elseif b ~= nil then sum = sum + tonumber(raw[j + 1]) end
     end
+    if #old > 0 then redis.call('HDEL', key, unpack(old)) end
   end
-  if #old > 0 then redis.call('HDEL', key, unpack(old)) end
+  sum = math.max(sum, 0)
+  redis.call('HSET', key, 's', sum, 'lo', first)
+  redis.call('PEXPIRE', key, math.ceil((buckets + 1) * width / 1000) + MARGIN)
+  return sum
+end
+
+local function rolling(key, cost, cap, width, buckets)
+  local sum = rolling_sum(key, width, buckets)
   if fits(sum, cost, cap) then return 'now' end
   if not fits(0, cost, cap) then return 'never' end
+  -- Refused: when does enough fall out of the window? (newest sub-buckets first)
+  local head = math.floor(now / width)
+  local raw = redis.call('HGETALL', key)
+  local order, vals = {}, {}
+  for j = 1, #raw, 2 do
+    local b = tonumber(raw[j])
+    if b ~= nil and b + buckets >= head then
+      order[#order + 1] = b
+      vals[b] = tonumber(raw[j + 1])
+    end
+  end
   table.sort(order, function(a, b) return a > b end)
   local acc = 0
   for _, b in ipairs(order) do
@@ -155,6 +185,7 @@ for i = 1, n do
   local key = KEYS[i]
   if kind == 'r' then
     redis.call('HINCRBYFLOAT', key, math.floor(now / p1), cost)
+    redis.call('HINCRBYFLOAT', key, 's', cost)
     redis.call('PEXPIRE', key, math.ceil((tonumber(p2) + 1) * p1 / 1000) + MARGIN)
   elseif kind == 'b' then
     local burst = tonumber(p2)

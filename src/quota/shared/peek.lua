@@ -15,7 +15,7 @@ for i = 1, tonumber(ARGV[1]) do
     local raw = redis.call('HGETALL', key)
     for j = 1, #raw, 2 do
       local b, v = tonumber(raw[j]), tonumber(raw[j + 1])
-      if b + n >= head and v > 0 then
+      if b ~= nil and b + n >= head and v > 0 then
         used = used + v
         if oldest == nil or b < oldest then oldest = b end
       end

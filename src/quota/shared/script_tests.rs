@@ -304,3 +304,82 @@ fn plan_for(
         &ctx,
     )
 }
+
+/// A rolling window's running sum `s` always equals the sum of the sub-buckets it counts
+/// (index `lo` and newer), through admissions, settles in both directions and sub-buckets
+/// leaving the window (10 ms wide here, so many leave during the test).
+#[tokio::test]
+async fn the_rolling_sum_matches_its_sub_buckets() {
+    use super::plan::adjust_op;
+
+    let srv = server().await;
+    let b = backend(&srv.url).await;
+    let spec = ProviderSpec::new(
+        "p",
+        vec![LimitSpec::new(
+            "tpm",
+            Unit::Tokens,
+            1500.0,
+            WindowKind::Rolling {
+                len: 640 * 1000, // 640 ms: 64 sub-buckets of 10 ms
+            },
+        )],
+    );
+    let state = ProviderState::new(spec);
+    let mut conn = b.conn.load_full().expect("connected").as_ref().clone();
+    let key = plan(&state, Costs::default().with(Unit::Tokens, 1.0), 0)[0]
+        .key
+        .clone();
+    let mut seed = 0x1234_5678_9abc_def1u64;
+    let (mut admitted, mut refused) = (0, 0);
+    for step in 0..400 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let cost = 1.0 + (seed % 40) as f64;
+        let items = plan(&state, Costs::default().with(Unit::Tokens, cost), 0);
+        match b.admit(&items).await.unwrap() {
+            Reply::Admitted { now } => {
+                admitted += 1;
+                // Settle to a random actual cost, up or down (applied at once here).
+                let actual = ((seed >> 8) % 60) as f64;
+                if let Some(op) = adjust_op(&items[0], now, actual - cost, true) {
+                    b.apply(&[op]).await.unwrap();
+                }
+            }
+            _ => refused += 1,
+        }
+        if step % 3 == 0 {
+            tokio::time::sleep(Duration::from_millis((seed >> 16) % 12)).await;
+        }
+        let fields: Vec<(String, f64)> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let get = |f: &str| fields.iter().find(|(k, _)| k == f).map(|(_, v)| *v);
+        let (Some(s), Some(lo)) = (get("s"), get("lo")) else {
+            panic!("step {step}: no bookkeeping in {fields:?}")
+        };
+        let counted: f64 = fields
+            .iter()
+            .filter_map(|(k, v)| Some((k.parse::<f64>().ok()?, *v)))
+            .filter(|(b, _)| *b >= lo)
+            .map(|(_, v)| v)
+            .sum();
+        assert!(
+            (s - counted).abs() < 1e-6,
+            "step {step}: s = {s}, sub-buckets from {lo} sum to {counted}: {fields:?}"
+        );
+        assert!(
+            fields
+                .iter()
+                .all(|(k, _)| k.parse::<f64>().map_or(true, |b| b >= lo)),
+            "step {step}: a sub-bucket older than lo = {lo} is left: {fields:?}"
+        );
+    }
+    assert!(
+        admitted > 50 && refused > 0,
+        "{admitted} admitted, {refused} refused"
+    );
+}
