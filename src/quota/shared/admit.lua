@@ -21,13 +21,15 @@ end
 
 -- A rolling window is a hash of sub-buckets (field = sub-bucket index) plus two bookkeeping
 -- fields: 's', the sum of the sub-buckets from index 'lo' on, and 'lo', the oldest index
--- still counted (every older one is gone). A call reads those two and drops only the
--- sub-buckets that left the window since, instead of reading all of them.
+-- still counted (every older one is gone). A call reads those two (and the current
+-- sub-bucket) and drops only the sub-buckets that left the window since, instead of reading
+-- all of them. Returns the sum and the current sub-bucket's value.
 local function rolling_sum(key, width, buckets)
-  local first = math.floor(now / width) - buckets
-  local v = redis.call('HMGET', key, 's', 'lo')
-  local sum, lo = tonumber(v[1]), tonumber(v[2])
-  if sum ~= nil and lo ~= nil and lo >= first then return sum end
+  local head = math.floor(now / width)
+  local first = head - buckets
+  local v = redis.call('HMGET', key, 's', 'lo', head)
+  local sum, lo, current = tonumber(v[1]), tonumber(v[2]), tonumber(v[3]) or 0
+  if sum ~= nil and lo ~= nil and lo >= first then return sum, current end
   if sum ~= nil and lo ~= nil and first - lo <= buckets then
     local dead = {}
     for b = lo, first - 1 do dead[#dead + 1] = b end
@@ -48,11 +50,13 @@ local function rolling_sum(key, width, buckets)
   sum = math.max(sum, 0)
   redis.call('HSET', key, 's', sum, 'lo', first)
   redis.call('PEXPIRE', key, math.ceil((buckets + 1) * width / 1000) + MARGIN)
-  return sum
+  return sum, current
 end
 
-local function rolling(key, cost, cap, width, buckets)
-  local sum = rolling_sum(key, width, buckets)
+-- `it` keeps what the commit needs (the sum and the current sub-bucket's value).
+local function rolling(it, key, cost, cap, width, buckets)
+  local sum, current = rolling_sum(key, width, buckets)
+  it.sum, it.current = sum, current
   if fits(sum, cost, cap) then return 'now' end
   if not fits(0, cost, cap) then return 'never' end
   -- Refused: when does enough fall out of the window? (newest sub-buckets first)
@@ -92,10 +96,11 @@ local function bucket(key, cost, cap, rate, burst)
   return 'at', now + math.max(wait, 1)
 end
 
-local function calendar(key, cost, cap, start, stop)
+local function calendar(it, key, cost, cap, start, stop)
   if now < start or now >= stop then return 'stale' end
   if not fits(0, cost, cap) then return 'never' end
   local used = tonumber(redis.call('GET', key) or '0')
+  it.used = used
   if fits(used, cost, cap) then return 'now' end
   return 'at', stop
 end
@@ -159,13 +164,12 @@ for i = 1, n do
   local it = items[i]
   local kind, cost, cap, p1, p2 = it.kind, tonumber(it.cost), it.cap, it.p1, it.p2
   local fit, at
-  if kind == 'r' then fit, at = rolling(KEYS[i], cost, cap, p1, tonumber(p2))
+  if kind == 'r' then fit, at = rolling(it, KEYS[i], cost, cap, p1, tonumber(p2))
   elseif kind == 'b' then fit, at = bucket(KEYS[i], cost, cap, p1, tonumber(p2))
   elseif kind == 'c' then
-    fit, at = calendar(KEYS[i], cost, cap, p1, tonumber(p2))
+    fit, at = calendar(it, KEYS[i], cost, cap, p1, tonumber(p2))
     if it.share ~= nil and fit ~= 'stale' and fit ~= 'never' then
-      local total = tonumber(redis.call('GET', KEYS[i]) or '0')
-      local s = share_check(KEYS[i], total, cost, it.share)
+      local s = share_check(KEYS[i], it.used, cost, it.share)
       if s == 'never' then fit = 'never'
       elseif s == 'later' then fit, at = 'at', tonumber(p2) end
     end
@@ -183,10 +187,15 @@ for i = 1, n do
   local it = items[i]
   local kind, cost, p1, p2 = it.kind, it.cost, it.p1, it.p2
   local key = KEYS[i]
+  -- Values are written whole (numbers reach Redis at full precision) rather than with
+  -- INCRBYFLOAT, whose long-double formatting costs more than the rest of the script.
   if kind == 'r' then
-    redis.call('HINCRBYFLOAT', key, math.floor(now / p1), cost)
-    redis.call('HINCRBYFLOAT', key, 's', cost)
-    redis.call('PEXPIRE', key, math.ceil((tonumber(p2) + 1) * p1 / 1000) + MARGIN)
+    local c = tonumber(cost)
+    redis.call('HSET', key, math.floor(now / p1), it.current + c, 's', it.sum + c)
+    if it.current == 0 then
+      -- A new sub-bucket: the hash must outlive it.
+      redis.call('PEXPIRE', key, math.ceil((tonumber(p2) + 1) * p1 / 1000) + MARGIN)
+    end
   elseif kind == 'b' then
     local burst = tonumber(p2)
     local level = bucket_level(key, p1, burst) - tonumber(cost)
@@ -195,8 +204,7 @@ for i = 1, n do
     redis.call('PEXPIRE', key, refill + MARGIN)
   elseif kind == 'c' then
     local ttl = math.ceil((tonumber(p2) - now) / 1000) + MARGIN
-    redis.call('INCRBYFLOAT', key, cost)
-    redis.call('PEXPIRE', key, ttl)
+    redis.call('SET', key, it.used + tonumber(cost), 'PX', ttl)
     if it.share ~= nil then
       redis.call('HINCRBYFLOAT', key .. ':g', it.share.fields[it.share.group], cost)
       redis.call('PEXPIRE', key .. ':g', ttl)
