@@ -477,3 +477,135 @@ async fn broken_upstream_answers_are_502_or_cut_cleanly_and_counted_as_upstream_
         "{metrics}"
     );
 }
+
+/// Upstream bodies whose usage cannot be read (or should not be believed).
+fn broken_usage_bodies() -> Vec<(&'static str, String, bool)> {
+    let huge = format!(
+        "{{\"pad\":\"{}\",\"usage\":{{\"prompt_tokens\":7,\"completion_tokens\":7}}}}",
+        "p".repeat(8 << 20)
+    );
+    vec![
+        (
+            "/v1/invalid-json",
+            "{\"usage\":{\"prompt_tokens\":12,".to_string(),
+            false,
+        ),
+        (
+            "/v1/not-json",
+            "<html>upstream hiccup</html>".to_string(),
+            false,
+        ),
+        (
+            "/v1/wrong-types",
+            "{\"usage\":{\"prompt_tokens\":\"lots\",\"completion_tokens\":[1]}}".to_string(),
+            false,
+        ),
+        (
+            "/v1/negative",
+            "{\"usage\":{\"prompt_tokens\":-500,\"completion_tokens\":-1e9}}".to_string(),
+            false,
+        ),
+        ("/v1/huge", huge, false),
+        (
+            "/v1/sse-invalid",
+            "data: {\"usage\":{\"prompt_tokens\":\"x\"\n\ndata: {broken\n\ndata: [DONE]\n\n"
+                .to_string(),
+            true,
+        ),
+        (
+            "/v1/sse-truncated",
+            "data: {\"choices\":[]}\n\ndata: {\"usage\":{\"prompt_tokens\":3,\"compl".to_string(),
+            true,
+        ),
+        (
+            "/v1/sse-garbage",
+            "\u{0}\u{1}event\u{7f}: x\r\r\ndata:\ndata\n:\n\n\n\n".to_string(),
+            true,
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn broken_usage_bodies_pass_byte_identical_and_count_no_phantom_tokens() {
+    let bodies = broken_usage_bodies();
+    let routes: Vec<(&'static str, Handler)> = bodies
+        .iter()
+        .map(|(path, body, sse)| {
+            let h = if *sse {
+                // Split mid-event so the parser sees a chunk boundary inside an event.
+                let mid = body.len() / 2;
+                let mid = (0..=mid)
+                    .rev()
+                    .find(|i| body.is_char_boundary(*i))
+                    .unwrap_or(0);
+                sse_script(vec![body[..mid].to_string(), body[mid..].to_string()])
+            } else {
+                fixed(200, &[("content-type", "application/json")], body)
+            };
+            (*path, h)
+        })
+        .collect();
+    let up = MockUpstream::plain(by_path(routes, fixed(200, &[], "ok"))).await;
+    let cfg = mock_provider(&up, &[("signals", "[\"openai\"]")])
+        .raw(&limit("tpm", "tokens", 1_000_000.0, "1m", "provider"))
+        .build();
+    let mut proxy = Proxy::start(&cfg);
+    let req = "{\"model\":\"m\",\"max_tokens\":10,\"stream\":false}";
+    let mut failures = Vec::new();
+    for (path, body, _) in &bodies {
+        let r = forward(
+            proxy.proxy_addr,
+            "POST",
+            &mock_url(&up, path),
+            &[("content-type", "application/json")],
+            req,
+        )
+        .await;
+        if r.status != 200 || r.body.as_ref() != body.as_bytes() {
+            failures.push(format!(
+                "{path}: {} with {} body bytes (sent {})",
+                r.status,
+                r.body.len(),
+                body.len()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(proxy.try_exit().is_none(), "the proxy exited");
+    assert_no_panic(&proxy);
+    // Without readable usage a call keeps its estimate (max_tokens 10 + bytes/4 ≈ 25): the
+    // total is bounded by the estimates and never negative (no refund from a hostile body).
+    let estimate_bound = 50.0 * bodies.len() as f64;
+    let (status, text) = admin_get(proxy.admin_addr, "/status/mock").await;
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let used = v["providers"]["mock"]["limits"][0]["used"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (0.0..=estimate_bound).contains(&used),
+        "tpm used {used}: {text}"
+    );
+    let metrics = metrics_text(proxy.admin_addr).await;
+    for kind in ["input", "output"] {
+        let t = metric_value(
+            &metrics,
+            "quota_proxy_tokens_total",
+            &["provider=\"mock\"", &format!("kind=\"{kind}\"")],
+        );
+        assert!(
+            (0.0..=estimate_bound).contains(&t),
+            "tokens_total {kind} = {t}"
+        );
+    }
+    assert_eq!(
+        forwarded(&metrics, "mock"),
+        bodies.len() as f64,
+        "{metrics}"
+    );
+    assert_serving(&proxy, &up).await;
+    eprintln!(
+        "figure: {} broken usage bodies passed byte-identical, tpm used {used} (bound {estimate_bound})",
+        bodies.len()
+    );
+}
