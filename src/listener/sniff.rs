@@ -79,6 +79,7 @@ pub fn check_head(buf: &[u8], max_header_bytes: usize) -> Sniff {
     }
     let mut content_length: Option<&[u8]> = None;
     let mut chunked = false;
+    let mut last_coding: &[u8] = b"";
     let mut hosts = 0;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
@@ -91,6 +92,12 @@ pub fn check_head(buf: &[u8], max_header_bytes: usize) -> Sniff {
             content_length = Some(h.value);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             chunked = true;
+            last_coding = h
+                .value
+                .rsplit(|b| *b == b',')
+                .next()
+                .unwrap_or(b"")
+                .trim_ascii();
         } else if h.name.eq_ignore_ascii_case("host") {
             hosts += 1;
         }
@@ -100,6 +107,13 @@ pub fn check_head(buf: &[u8], max_header_bytes: usize) -> Sniff {
     }
     if hosts > 1 {
         return bad("more than one Host header");
+    }
+    if chunked && !last_coding.eq_ignore_ascii_case(b"chunked") {
+        // RFC 9112 §6.3: a request body whose framing cannot be determined.
+        return bad("Transfer-Encoding must end in chunked");
+    }
+    if hosts == 0 && req.version == Some(1) && req.method != Some("CONNECT") {
+        return bad("an HTTP/1.1 request needs a Host header");
     }
     Sniff::Http1
 }
@@ -133,8 +147,22 @@ mod tests {
                 "invalid 400",
             ),
             (
-                b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
                 "Http1",
+            ),
+            (b"GET / HTTP/1.1\r\n\r\n", "invalid 400"),
+            (b"GET / HTTP/1.0\r\n\r\n", "Http1"),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                "Http1",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                "invalid 400",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n",
+                "invalid 400",
             ),
             (
                 b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n",

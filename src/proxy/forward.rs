@@ -192,7 +192,7 @@ fn destination(
         .unwrap_or("/")
         .to_string();
     if let Some(icpt) = &conn.intercepted {
-        if let Some(given) = request_authority(req)? {
+        for given in request_authorities(req)? {
             let agrees = split_authority(&given, icpt.port)
                 .is_some_and(|(h, p)| h == icpt.host && p == icpt.port);
             if !agrees {
@@ -223,7 +223,8 @@ fn destination(
         let default_port = if https { 443 } else { 80 };
         let (host, port) = split_authority(authority.as_str(), default_port)
             .ok_or_else(|| ProxyError::BadRequest(format!("invalid authority {authority:?}")))?;
-        if let Some(h) = req.headers().get(header::HOST) {
+        // Every Host header: a second request on a kept-alive connection is not sniffed.
+        for h in req.headers().get_all(header::HOST) {
             let agrees = h
                 .to_str()
                 .ok()
@@ -262,18 +263,21 @@ fn destination(
     })
 }
 
-/// `:authority` (h2) or the Host header, if the request names one.
-fn request_authority(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
+/// Every authority the request names: the URI's (`:authority` in h2, an absolute-form
+/// target in HTTP/1.1) and the `Host` header's. Inside a tunnel all must name the tunnel's
+/// host (SPEC §12), so a `Host` disagreeing with `:authority` is refused too.
+fn request_authorities(req: &Request<Incoming>) -> Result<Vec<String>, ProxyError> {
+    let mut given = Vec::with_capacity(2);
     if let Some(a) = req.uri().authority() {
-        return Ok(Some(a.as_str().to_string()));
+        given.push(a.as_str().to_string());
     }
-    match req.headers().get(header::HOST) {
-        Some(h) => h
+    for h in req.headers().get_all(header::HOST) {
+        let h = h
             .to_str()
-            .map(|s| Some(s.to_string()))
-            .map_err(|_| ProxyError::BadRequest("the Host header is not valid".into())),
-        None => Ok(None),
+            .map_err(|_| ProxyError::BadRequest("the Host header is not valid".into()))?;
+        given.push(h.to_string());
     }
+    Ok(given)
 }
 
 fn upstream_uri(dest: &Destination) -> Result<Uri, ProxyError> {

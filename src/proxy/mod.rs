@@ -70,7 +70,9 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let runtime = shared.runtime.load_full();
-    let result = if req.method() == Method::CONNECT && conn.intercepted.is_none() {
+    let result = if let Err(e) = check_host_headers(&req) {
+        Err(e)
+    } else if req.method() == Method::CONNECT && conn.intercepted.is_none() {
         connect::handle(&shared, &runtime, &conn, req).await
     } else {
         forward::handle(&shared, &runtime, &conn, req).await
@@ -96,6 +98,22 @@ pub fn split_authority(authority: &str, default_port: u16) -> Option<(String, u1
         return None;
     }
     Some((host, uri_auth.port_u16().unwrap_or(default_port)))
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host` (CONNECT is let off, as
+/// some clients omit it there); more than one is always refused. The listener checks the
+/// first head of a connection; this checks every request, kept-alive ones included.
+fn check_host_headers<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    let hosts = req.headers().get_all(http::header::HOST).iter().count();
+    if hosts > 1 {
+        return Err(ProxyError::BadRequest("more than one Host header".into()));
+    }
+    if hosts == 0 && req.version() == http::Version::HTTP_11 && req.method() != Method::CONNECT {
+        return Err(ProxyError::BadRequest(
+            "an HTTP/1.1 request needs a Host header".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Resolves once shutdown has started.
