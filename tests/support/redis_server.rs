@@ -71,6 +71,17 @@ impl RedisServer {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the server with `kill(1)`.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("redis is running").id();
+        let ok = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("kill(1)")
+            .success();
+        assert!(ok, "kill -{signal} {pid}");
+    }
+
     pub async fn restart(&mut self) {
         self.kill();
         assert!(self.spawn().await, "restart redis on port {}", self.port);
