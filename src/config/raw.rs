@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::values::{Dur, Parsed, Text};
+use super::values::{Dur, Parsed, RedisUrl, Text};
 pub use crate::quota::{Scope, Unit};
 
 #[derive(Debug, Deserialize, Default)]
@@ -82,7 +82,7 @@ pub struct RawState {
     pub backend: Option<Backend>,
     pub dir: Option<Text>,
     pub flush_interval: Option<Dur>,
-    pub redis_url: Option<Text>,
+    pub redis_url: Option<Parsed<RedisUrl>>,
     pub redis_prefix: Option<Text>,
     pub redis_timeout: Option<Dur>,
     pub on_backend_error: Option<OnBackendError>,

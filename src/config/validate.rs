@@ -59,7 +59,7 @@ pub fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config> {
             .flush_interval
             .map(|d| d.0)
             .unwrap_or(Duration::from_secs(1)),
-        redis_url: raw.state.redis_url.map(|t| t.0),
+        redis_url: raw.state.redis_url.map(|t| t.0 .0),
         redis_prefix: raw
             .state
             .redis_prefix

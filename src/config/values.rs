@@ -63,6 +63,25 @@ where
     }
 }
 
+/// A Redis URL (`redis://`, `rediss://` for TLS, `redis+unix://`), checked when the config is
+/// read. The error never repeats the value: it may hold a password.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisUrl(pub String);
+
+impl FromStr for RedisUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        redis::Client::open(s)
+            .map(|_| RedisUrl(s.to_string()))
+            .map_err(|_| {
+                "not a usable Redis URL: expected redis://[user:password@]host[:port][/db], \
+             rediss://... for TLS, or redis+unix:///path"
+                    .to_string()
+            })
+    }
+}
+
 /// A duration written like `500ms`, `30s`, `1m`, `1h30m`, `2d`, `1w`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Dur(pub Duration);
