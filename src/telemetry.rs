@@ -115,3 +115,87 @@ fn describe() {
         "Failed state backend operations (flushes of the local file, Redis calls)."
     );
 }
+
+/// Handles on the per-provider request-path metrics, registered once per label set instead
+/// of per request (a registration builds the key, with an owned copy of each label, and
+/// hashes it). Labels are provider names from the config and `unmatched`, so the cache
+/// stays as small as the config. Handles taken before the recorder is installed are no-ops:
+/// the binary installs it before serving.
+pub mod handles {
+    use std::collections::HashMap;
+    use std::sync::{OnceLock, PoisonError, RwLock};
+
+    use metrics::{Counter, Histogram};
+
+    #[derive(Default)]
+    struct ProviderHandles {
+        requests: HashMap<&'static str, Counter>,
+        upstream_duration: Option<Histogram>,
+        delay: Option<Histogram>,
+    }
+
+    fn cache() -> &'static RwLock<HashMap<Box<str>, ProviderHandles>> {
+        static CACHE: OnceLock<RwLock<HashMap<Box<str>, ProviderHandles>>> = OnceLock::new();
+        CACHE.get_or_init(Default::default)
+    }
+
+    fn get_or_register<T: Clone>(
+        provider: &str,
+        read: impl Fn(&ProviderHandles) -> Option<&T>,
+        register: impl FnOnce(&mut ProviderHandles) -> T,
+    ) -> T {
+        if let Some(h) = cache()
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(provider)
+            .and_then(&read)
+        {
+            return h.clone();
+        }
+        let mut map = cache().write().unwrap_or_else(PoisonError::into_inner);
+        let entry = map.entry(provider.into()).or_default();
+        match read(entry) {
+            Some(h) => h.clone(),
+            None => register(entry),
+        }
+    }
+
+    /// `quota_proxy_requests_total{provider, outcome}`.
+    pub fn requests(provider: &str, outcome: &'static str) -> Counter {
+        get_or_register(
+            provider,
+            |h| h.requests.get(outcome),
+            |h| {
+                let c = metrics::counter!("quota_proxy_requests_total", "provider" => provider.to_string(), "outcome" => outcome);
+                h.requests.insert(outcome, c.clone());
+                c
+            },
+        )
+    }
+
+    /// `quota_proxy_upstream_duration_seconds{provider}`.
+    pub fn upstream_duration(provider: &str) -> Histogram {
+        get_or_register(
+            provider,
+            |h| h.upstream_duration.as_ref(),
+            |h| {
+                let m = metrics::histogram!("quota_proxy_upstream_duration_seconds", "provider" => provider.to_string());
+                h.upstream_duration = Some(m.clone());
+                m
+            },
+        )
+    }
+
+    /// `quota_proxy_delay_seconds{provider}`.
+    pub fn delay(provider: &str) -> Histogram {
+        get_or_register(
+            provider,
+            |h| h.delay.as_ref(),
+            |h| {
+                let m = metrics::histogram!("quota_proxy_delay_seconds", "provider" => provider.to_string());
+                h.delay = Some(m.clone());
+                m
+            },
+        )
+    }
+}

@@ -30,16 +30,19 @@ struct Destination {
 impl Destination {
     fn authority(&self) -> String {
         let default = if self.https { 443 } else { 80 };
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
+        let mut s = String::with_capacity(self.host.len() + 8);
+        if self.host.contains(':') {
+            s.push('[');
+            s.push_str(&self.host);
+            s.push(']');
         } else {
-            self.host.clone()
-        };
-        if self.port == default {
-            host
-        } else {
-            format!("{host}:{}", self.port)
+            s.push_str(&self.host);
         }
+        if self.port != default {
+            s.push(':');
+            super::settle::push_u64(&mut s, u64::from(self.port));
+        }
+        s
     }
 }
 
@@ -98,7 +101,7 @@ pub async fn handle(
             .map_err(|_| ProxyError::BadRequest("invalid host".into()))?;
         parts.headers.insert(header::HOST, host);
     }
-    parts.uri = upstream_uri(&dest)?;
+    parts.uri = upstream_uri(&dest, &parts.uri)?;
     parts.version = http::Version::HTTP_11;
     if let Some(provider) = dest
         .provider
@@ -124,8 +127,7 @@ pub async fn handle(
     )
     .await;
     let elapsed = started.elapsed();
-    metrics::histogram!("quota_proxy_upstream_duration_seconds", "provider" => label.clone())
-        .record(elapsed.as_secs_f64());
+    crate::telemetry::handles::upstream_duration(&label).record(elapsed.as_secs_f64());
     let resp = match sent {
         Err(_) => {
             count(&label, "upstream_error");
@@ -224,12 +226,15 @@ fn destination(
         let (host, port) = split_authority(authority.as_str(), default_port)
             .ok_or_else(|| ProxyError::BadRequest(format!("invalid authority {authority:?}")))?;
         // Every Host header: a second request on a kept-alive connection is not sniffed.
+        // The usual case, a Host header spelling the URI's authority, needs no parsing.
         for h in req.headers().get_all(header::HOST) {
             let agrees = h
-                .to_str()
-                .ok()
-                .and_then(|h| split_authority(h, default_port))
-                .is_some_and(|(hh, hp)| hh == host && hp == port);
+                .as_bytes()
+                .eq_ignore_ascii_case(authority.as_str().as_bytes())
+                || h.to_str()
+                    .ok()
+                    .and_then(|h| split_authority(h, default_port))
+                    .is_some_and(|(hh, hp)| hh == host && hp == port);
             if !agrees {
                 return Err(ProxyError::BadRequest(format!(
                     "the Host header does not match the request URI authority {authority}"
@@ -280,16 +285,30 @@ fn request_authorities(req: &Request<Incoming>) -> Result<Vec<String>, ProxyErro
     Ok(given)
 }
 
-fn upstream_uri(dest: &Destination) -> Result<Uri, ProxyError> {
+/// The URI to send upstream; the request's own when it already is exactly that (an
+/// absolute-form request to a normalised authority), without re-parsing it.
+fn upstream_uri(dest: &Destination, request_uri: &Uri) -> Result<Uri, ProxyError> {
     let bad = |_| ProxyError::BadRequest("the request URI cannot be forwarded".into());
-    let authority = Authority::try_from(dest.authority()).map_err(bad)?;
+    let authority = dest.authority();
+    let scheme = if dest.https {
+        Scheme::HTTPS
+    } else {
+        Scheme::HTTP
+    };
+    if request_uri.scheme() == Some(&scheme)
+        && request_uri
+            .authority()
+            .is_some_and(|a| a.as_str() == authority)
+        && request_uri
+            .path_and_query()
+            .is_some_and(|pq| pq.as_str() == dest.path_and_query)
+    {
+        return Ok(request_uri.clone());
+    }
+    let authority = Authority::try_from(authority).map_err(bad)?;
     let pq = PathAndQuery::try_from(dest.path_and_query.as_str()).map_err(bad)?;
     Uri::builder()
-        .scheme(if dest.https {
-            Scheme::HTTPS
-        } else {
-            Scheme::HTTP
-        })
+        .scheme(scheme)
         .authority(authority)
         .path_and_query(pq)
         .build()

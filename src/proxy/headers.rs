@@ -23,6 +23,14 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers, including those named by `Connection`. `Transfer-Encoding` is
 /// left to hyper, which re-frames bodies itself.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the names is cheaper than nine
+    // hashed removals.
+    let any = headers
+        .keys()
+        .any(|k| *k == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(k));
+    if !any {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -53,6 +61,15 @@ pub struct CallerHints {
 /// Reads the caller hints and removes the `x-quota-*` headers. Hop-by-hop headers (including
 /// `Proxy-Authorization`) are removed separately by [`strip_hop_by_hop`].
 pub fn take_caller_hints(headers: &mut HeaderMap) -> Result<CallerHints, String> {
+    let quota_headers = headers.keys().any(|k| k.as_str().starts_with("x-quota-"));
+    if !quota_headers && !headers.contains_key(header::PROXY_AUTHORIZATION) {
+        return Ok(CallerHints {
+            client: "anonymous".to_string(),
+            priority: "normal",
+            max_delay: None,
+            proxy_password: None,
+        });
+    }
     let basic = headers
         .get(header::PROXY_AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -110,7 +110,13 @@ pub async fn send(
                 .take()
                 .unwrap_or(RequestBody::Whole(Default::default())),
         };
-        let request = build_request(p, &head, req_body, key_idx)?;
+        // The last attempt takes the headers; only a retry needs them again.
+        let headers = if last_try {
+            std::mem::take(&mut head.headers)
+        } else {
+            head.headers.clone()
+        };
+        let request = build_request(p, &head, headers, req_body, key_idx)?;
         let mut permit = admitted.permit;
         permit.mark_sent();
         let started = tokio::time::Instant::now();
@@ -119,7 +125,7 @@ pub async fn send(
             call.client.request(request),
         )
         .await;
-        metrics::histogram!("quota_proxy_upstream_duration_seconds", "provider" => p.config.name.clone())
+        crate::telemetry::handles::upstream_duration(&p.config.name)
             .record(started.elapsed().as_secs_f64());
         let resp = match sent {
             Ok(Ok(resp)) => resp,
@@ -208,8 +214,7 @@ pub async fn send(
         };
         count(&p.config.name, outcome);
         if delayed > 0 {
-            metrics::histogram!("quota_proxy_delay_seconds", "provider" => p.config.name.clone())
-                .record(delayed as f64 / 1e6);
+            crate::telemetry::handles::delay(&p.config.name).record(delayed as f64 / 1e6);
         }
         let resp = settle::tap_response(resp, settlement, strip_usage);
         let mut resp = decorate(
@@ -394,10 +399,10 @@ fn add_include_usage(
 fn build_request(
     p: &ProviderRuntime,
     head: &Head,
+    mut headers: http::HeaderMap,
     body: RequestBody,
     key: Option<usize>,
 ) -> Result<Request<Body>, ProxyError> {
-    let mut headers = head.headers.clone();
     let mut uri = head.uri.clone();
     let mut body = body;
     if let Some(secret) = key.and_then(|i| p.secrets.get(i)) {
@@ -567,7 +572,7 @@ fn decorate(
     let account = key
         .and_then(|k| p.config.keys.keys.iter().find(|s| s.id == k))
         .and_then(|k| k.account.as_deref());
-    if let Some(t) = settle::tightest(&p.quota.snapshot(now), &hints.client, key, account, now) {
+    if let Some(t) = settle::tightest(&p.quota, &hints.client, key, account, now) {
         if let Ok(v) = HeaderValue::from_str(&t.ratelimit()) {
             parts.headers.insert("ratelimit", v);
         }

@@ -123,8 +123,7 @@ pub async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
 
 /// Records one outcome in `quota_proxy_requests_total`.
 pub fn count(provider: &str, outcome: &'static str) {
-    metrics::counter!("quota_proxy_requests_total", "provider" => provider.to_string(), "outcome" => outcome)
-        .increment(1);
+    crate::telemetry::handles::requests(provider, outcome).increment(1);
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use http_body_util::BodyExt;
 
 use super::Body;
 use crate::keys::{KeyEvent, Learned};
-use crate::quota::{self, Clock, Costs, LimitStatus, Micros, Permit, Scope, Unit};
+use crate::quota::{self, Clock, Costs, Headroom, Micros, Permit, Unit};
 use crate::runtime::{learned_unit, ProviderRuntime};
 use crate::signals::{self, Signals, TapConfig, TapOutcome, UsageFormat, UsageTap, Verdict};
 
@@ -186,64 +186,115 @@ pub struct Tightest {
 }
 
 impl Tightest {
+    fn from_headroom(h: Headroom, now: Micros) -> Self {
+        Tightest {
+            name: h.name,
+            amount: h.amount,
+            remaining: h.remaining,
+            window_secs: h.window_secs,
+            reset_secs: h
+                .resets_at
+                .map(|t| t.saturating_sub(now).div_ceil(quota::SECOND)),
+        }
+    }
+
     /// `RateLimit: "name";r=REMAINING;t=RESET` (draft-ietf-httpapi-ratelimit-headers).
     pub fn ratelimit(&self) -> String {
-        let mut s = format!(
-            "\"{}\";r={}",
-            self.name,
-            self.remaining.floor().max(0.0) as u64
-        );
-        if let Some(t) = self.reset_secs {
-            s.push_str(&format!(";t={t}"));
-        }
-        s
+        self.header(
+            ";r=",
+            self.remaining.floor().max(0.0) as u64,
+            ";t=",
+            self.reset_secs,
+        )
     }
 
     /// `RateLimit-Policy: "name";q=AMOUNT;w=WINDOW`.
     pub fn policy(&self) -> String {
-        let mut s = format!("\"{}\";q={}", self.name, self.amount.floor() as u64);
-        if let Some(w) = self.window_secs {
-            s.push_str(&format!(";w={w}"));
+        self.header(";q=", self.amount.floor() as u64, ";w=", self.window_secs)
+    }
+
+    /// `"name"` A=a [B=b], built without the formatting machinery (once per response).
+    fn header(&self, a: &str, av: u64, b: &str, bv: Option<u64>) -> String {
+        let mut s = String::with_capacity(self.name.len() + 48);
+        s.push('"');
+        s.push_str(&self.name);
+        s.push('"');
+        s.push_str(a);
+        push_u64(&mut s, av);
+        if let Some(v) = bv {
+            s.push_str(b);
+            push_u64(&mut s, v);
         }
         s
     }
 }
 
-/// Picks, among the counters that apply to (client, key, account), the one with the smallest
-/// remaining fraction.
+/// Appends `v` in decimal.
+pub(crate) fn push_u64(s: &mut String, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        s.push(char::from(d));
+    }
+}
+
+/// The limit with the least room for a call by (client, key, account) at `now`, read from
+/// the provider's counters without copying them ([`quota::Provider::tightest`]).
 pub fn tightest(
-    snapshot: &[LimitStatus],
+    quota: &quota::Provider,
     client: &str,
     key: Option<&str>,
     account: Option<&str>,
     now: Micros,
 ) -> Option<Tightest> {
-    snapshot
-        .iter()
-        .filter(|l| l.unit != Unit::Concurrent && l.amount > 0.0)
-        .filter(|l| match l.scope {
-            Scope::Provider => true,
-            Scope::Client => l.scope_id == client,
-            Scope::Key => Some(l.scope_id.as_str()) == key,
-            Scope::Account => Some(l.scope_id.as_str()) == account,
-        })
-        .min_by(|a, b| (a.remaining / a.amount).total_cmp(&(b.remaining / b.amount)))
-        .map(|l| Tightest {
-            name: l.name.clone(),
-            amount: l.amount,
-            remaining: l.remaining,
-            window_secs: crate::config::parse_duration(&l.window)
-                .ok()
-                .map(|d| d.as_secs().max(1)),
-            reset_secs: l
-                .resets_at
-                .map(|t| t.saturating_sub(now).div_ceil(quota::SECOND)),
-        })
+    quota
+        .tightest(client, key, account, now)
+        .map(|h| Tightest::from_headroom(h, now))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quota::{LimitStatus, Scope};
+
+    /// The reference: filter the full snapshot by scope, smallest remaining fraction.
+    fn from_snapshot(
+        snapshot: &[LimitStatus],
+        client: &str,
+        key: Option<&str>,
+        account: Option<&str>,
+        now: Micros,
+    ) -> Option<Tightest> {
+        snapshot
+            .iter()
+            .filter(|l| l.unit != Unit::Concurrent && l.amount > 0.0)
+            .filter(|l| match l.scope {
+                Scope::Provider => true,
+                Scope::Client => l.scope_id == client,
+                Scope::Key => Some(l.scope_id.as_str()) == key,
+                Scope::Account => Some(l.scope_id.as_str()) == account,
+            })
+            .min_by(|a, b| (a.remaining / a.amount).total_cmp(&(b.remaining / b.amount)))
+            .map(|l| Tightest {
+                name: l.name.clone(),
+                amount: l.amount,
+                remaining: l.remaining,
+                window_secs: crate::config::parse_duration(&l.window)
+                    .ok()
+                    .map(|d| d.as_secs().max(1)),
+                reset_secs: l
+                    .resets_at
+                    .map(|t| t.saturating_sub(now).div_ceil(quota::SECOND)),
+            })
+    }
 
     fn status(name: &str, scope: Scope, id: &str, used: f64, amount: f64) -> LimitStatus {
         LimitStatus {
@@ -261,6 +312,15 @@ mod tests {
     }
 
     #[test]
+    fn decimal_digits() {
+        for v in [0, 7, 10, 99, 1_000_000, u64::MAX] {
+            let mut s = String::from("x");
+            push_u64(&mut s, v);
+            assert_eq!(s, format!("x{v}"));
+        }
+    }
+
+    #[test]
     fn tightest_limit_applies_to_the_call() {
         let snap = vec![
             status("rpm", Scope::Provider, "", 10.0, 100.0),
@@ -268,13 +328,104 @@ mod tests {
             status("per-client", Scope::Client, "me", 5.0, 10.0),
             status("per-key", Scope::Key, "k1", 1.0, 10.0),
         ];
-        let t = tightest(&snap, "me", Some("k1"), None, 0).unwrap();
+        let t = from_snapshot(&snap, "me", Some("k1"), None, 0).unwrap();
         assert_eq!(t.name, "per-client");
         assert_eq!(t.ratelimit(), "\"per-client\";r=5;t=30");
         assert_eq!(t.policy(), "\"per-client\";q=10;w=60");
         assert_eq!(
-            tightest(&snap, "nobody", None, None, 0).unwrap().name,
+            from_snapshot(&snap, "nobody", None, None, 0).unwrap().name,
             "rpm"
         );
+    }
+
+    /// The direct lookup gives what filtering the whole snapshot gives, for callers that
+    /// have counters and callers that have none yet, across scopes and window kinds.
+    #[test]
+    fn direct_lookup_matches_the_snapshot() {
+        use crate::quota::{
+            CalendarPeriod, Demand, Engine, LimitSpec, ManualClock, ProviderSpec, WindowKind,
+        };
+        let minute = WindowKind::Rolling {
+            len: 60 * quota::SECOND,
+        };
+        let spec = ProviderSpec::new(
+            "p",
+            vec![
+                LimitSpec::new("rpm", Unit::Requests, 100.0, minute),
+                LimitSpec::new("client-rpm", Unit::Requests, 10.0, minute)
+                    .with_scope(Scope::Client),
+                LimitSpec::new(
+                    "key-day",
+                    Unit::Requests,
+                    20.0,
+                    WindowKind::Calendar {
+                        period: CalendarPeriod::Day,
+                        tz: chrono_tz::UTC,
+                    },
+                )
+                .with_scope(Scope::Key),
+                LimitSpec::new(
+                    "bucket",
+                    Unit::Requests,
+                    50.0,
+                    WindowKind::TokenBucket {
+                        len: 10 * quota::SECOND,
+                        burst: 40.0,
+                    },
+                ),
+                LimitSpec::new("acct", Unit::Requests, 7.0, minute).with_scope(Scope::Account),
+                LimitSpec::new("inflight", Unit::Concurrent, 10.0, WindowKind::None),
+                LimitSpec::new(
+                    "sub-second",
+                    Unit::Requests,
+                    1000.0,
+                    WindowKind::Rolling { len: 250_000 },
+                ),
+            ],
+        );
+        let clock = Arc::new(ManualClock::new(1_800_000_000 * quota::SECOND));
+        let engine = Engine::new(vec![spec], clock.clone());
+        let provider = engine.provider("p").unwrap();
+        let callers: [(&str, Option<&str>, Option<&str>); 5] = [
+            ("a", Some("k1"), Some("acct-1")),
+            ("b", Some("k2"), None),
+            ("a", None, None),
+            ("new-client", Some("k1"), Some("acct-2")),
+            ("b", Some("unseen-key"), Some("acct-1")),
+        ];
+        let check = |label: &str| {
+            let now = clock.now();
+            let snap = provider.snapshot(now);
+            for (client, key, account) in callers {
+                assert_eq!(
+                    tightest(&provider, client, key, account, now),
+                    from_snapshot(&snap, client, key, account, now),
+                    "{label}: caller {client} {key:?} {account:?}"
+                );
+            }
+        };
+        check("before any call");
+        let mut held = Vec::new();
+        for (i, (client, key, account)) in callers.iter().take(3).cycle().take(9).enumerate() {
+            let mut d = Demand::new(client, Costs::ZERO.with(Unit::Requests, 1.0));
+            if let Some(k) = key {
+                d = d.with_key(k);
+            }
+            if let Some(a) = account {
+                d = d.with_account(a);
+            }
+            let permit = provider.try_admit(&d).expect("admitted");
+            if i % 2 == 0 {
+                permit.settle(&Costs::ZERO.with(Unit::Requests, 1.0));
+            } else {
+                held.push(permit);
+            }
+            check("after calls");
+            clock.advance(700_000);
+        }
+        clock.advance(30 * quota::SECOND);
+        check("half a minute later");
+        drop(held);
+        check("in-flight calls ended");
     }
 }

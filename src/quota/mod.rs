@@ -102,6 +102,6 @@ pub use spec::{
     Scope, WindowKind,
 };
 pub use state::ProviderState;
-pub use status::{LimitStatus, ShareStatus};
+pub use status::{Headroom, LimitStatus, ShareStatus};
 pub use unit::{Costs, Unit, UnknownUnit};
 pub use verdict::{Admission, TooLarge, Verdict, Wait, WarnEvent};

@@ -13,7 +13,7 @@ use crate::quota::queue::DelayQueue;
 use crate::quota::reservation::Reservation;
 use crate::quota::spec::{OnLimit, OnLimitAction, ProviderSpec, Scope};
 use crate::quota::state::ProviderState;
-use crate::quota::status::LimitStatus;
+use crate::quota::status::{Headroom, LimitStatus};
 use crate::quota::unit::Costs;
 use crate::quota::verdict::{Admission, Verdict, Wait, WarnEvent};
 
@@ -225,6 +225,17 @@ impl Provider {
             return None;
         }
         Some(self.0.shared_snapshot(&b, keys, accounts, now).await)
+    }
+
+    /// See [`ProviderState::tightest`]: the limit with the least room for this call.
+    pub fn tightest(
+        &self,
+        client: &str,
+        key: Option<&str>,
+        account: Option<&str>,
+        now: Micros,
+    ) -> Option<Headroom> {
+        self.0.lock().tightest(client, key, account, now)
     }
 
     /// Admits a call now or refuses it; never waits (a wait becomes `Limited`) and ignores

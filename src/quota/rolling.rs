@@ -134,6 +134,11 @@ impl RollingWindow {
 
     /// Units counted in the window ending at `now`.
     pub fn used(&self, now: Micros) -> f64 {
+        if now < self.head_end {
+            // Still in the newest bucket: the whole ring counts, and `sum` holds it (the
+            // figure admission decides on).
+            return self.sum.max(0.0);
+        }
         let b = (now / self.width).max(self.head);
         let oldest = b.saturating_sub(self.n);
         (oldest..=self.head)

@@ -42,7 +42,98 @@ pub struct ShareStatus {
     pub guaranteed: f64,
 }
 
+/// The limit with the least remaining fraction among those that apply to one call: what
+/// the `RateLimit` response headers advertise.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Headroom {
+    /// The limit's name.
+    pub name: String,
+    /// Capacity (token bucket: `burst`).
+    pub amount: f64,
+    /// Left now, never negative.
+    pub remaining: f64,
+    /// A rolling window's length in whole seconds (at least 1); `None` for other windows.
+    pub window_secs: Option<u64>,
+    /// When usage next resets.
+    pub resets_at: Option<Micros>,
+}
+
 impl ProviderState {
+    /// The counter with the smallest `remaining / amount` among those that apply to a call by
+    /// `client` with `key` of `account` (concurrency limits and zero amounts left out; the
+    /// first in limit order on a tie). The same answer as filtering [`snapshot`] by scope,
+    /// without building it: one lookup per limit, one allocation (the name).
+    ///
+    /// [`snapshot`]: ProviderState::snapshot
+    pub fn tightest(
+        &self,
+        client: &str,
+        key: Option<&str>,
+        account: Option<&str>,
+        now: Micros,
+    ) -> Option<Headroom> {
+        let mut best: Option<(f64, &Entry, f64, f64, Option<Micros>)> = None;
+        for (ei, e) in self.entries.iter().enumerate() {
+            if e.spec.unit == Unit::Concurrent {
+                continue;
+            }
+            let (amount, remaining, resets_at) =
+                if e.spec.scope == Scope::Provider && e.provider_slot.is_none() {
+                    let unused = self.unused_status_figures(e, now);
+                    (unused.0, unused.0.max(0.0), unused.1)
+                } else {
+                    let slot = match e.spec.scope {
+                        Scope::Provider => e.provider_slot,
+                        Scope::Client => e.by_scope.get(client).copied(),
+                        Scope::Key => key.and_then(|k| e.by_scope.get(k).copied()),
+                        Scope::Account => account.and_then(|a| e.by_scope.get(a).copied()),
+                    };
+                    let Some(s) = slot
+                        .and_then(|i| self.slots.get(i as usize))
+                        .filter(|s| s.entry == ei as u32)
+                    else {
+                        continue;
+                    };
+                    let amount = s.meter.capacity(e.spec.amount);
+                    let used = s.meter.used(now);
+                    (amount, (amount - used).max(0.0), s.meter.resets_at(now))
+                };
+            if amount <= 0.0 {
+                continue;
+            }
+            let fraction = remaining / amount;
+            if best
+                .as_ref()
+                .is_none_or(|b| fraction.total_cmp(&b.0) == std::cmp::Ordering::Less)
+            {
+                best = Some((fraction, e, amount, remaining, resets_at));
+            }
+        }
+        best.map(|(_, e, amount, remaining, resets_at)| Headroom {
+            name: e.spec.name.clone(),
+            amount,
+            remaining,
+            window_secs: match e.spec.window {
+                WindowKind::Rolling { len } => Some((len / crate::quota::clock::SECOND).max(1)),
+                _ => None,
+            },
+            resets_at,
+        })
+    }
+
+    /// (amount, resets_at) of a provider-scope limit not used yet.
+    fn unused_status_figures(&self, e: &Entry, now: Micros) -> (f64, Option<Micros>) {
+        let amount = match e.spec.window {
+            WindowKind::TokenBucket { burst, .. } => burst,
+            _ => e.spec.amount,
+        };
+        let resets_at = match e.spec.window {
+            WindowKind::Calendar { period, tz } => Some(period_bounds(period, tz, now).1),
+            _ => None,
+        };
+        (amount, resets_at)
+    }
+
     /// Every counter that exists, in limit order (scope ids sorted); provider-scope limits
     /// are listed even before their first use.
     pub fn snapshot(&self, now: Micros) -> Vec<LimitStatus> {
@@ -64,14 +155,7 @@ impl ProviderState {
     }
 
     fn unused_status(&self, e: &Entry, now: Micros) -> LimitStatus {
-        let amount = match e.spec.window {
-            WindowKind::TokenBucket { burst, .. } => burst,
-            _ => e.spec.amount,
-        };
-        let resets_at = match e.spec.window {
-            WindowKind::Calendar { period, tz } => Some(period_bounds(period, tz, now).1),
-            _ => None,
-        };
+        let (amount, resets_at) = self.unused_status_figures(e, now);
         LimitStatus {
             name: e.spec.name.clone(),
             unit: e.spec.unit,

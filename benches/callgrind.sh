@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Instructions per request through quota-proxy, counted by callgrind: repeatable to a few
+# tenths of a percent even on a busy shared machine, so it is the figure to compare before
+# and after a change to the request path (CPU times swing ±25% here).
+#
+#   bash benches/callgrind.sh [MODE ...]     # modes: forward (default), quotas, route
+#
+#   forward  absolute-form request to a configured provider, no limits
+#   quotas   the same with three request limits (second, minute, day)
+#   route    route mode (origin-form /bench/...), no limits
+#
+# For each mode the release proxy runs under `valgrind --tool=callgrind` twice, serving
+# N1 then N2 keep-alive requests (hey, 10 connections) from the mock upstream
+# (examples/bench_upstream.rs); (Ir(N2) - Ir(N1)) / (N2 - N1) removes start-up and shutdown.
+# Set CALLGRIND_KEEP=DIR to keep the N2 profile (callgrind_annotate DIR/callgrind.out.MODE).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+N1=${CALLGRIND_N1:-500}
+N2=${CALLGRIND_N2:-2500}
+MODES=("$@")
+[[ ${#MODES[@]} -gt 0 ]] || MODES=(forward)
+
+for tool in valgrind hey curl; do
+  command -v "$tool" >/dev/null || { echo "callgrind.sh: needs $tool (apt-get install valgrind hey curl)" >&2; exit 1; }
+done
+
+WORK=$(mktemp -d /tmp/qp-callgrind.XXXXXX)
+PIDS=()
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+(cd "$ROOT" && cargo build --release --quiet --bin quota-proxy --example bench_upstream)
+QP="$ROOT/target/release/quota-proxy"
+UP="$ROOT/target/release/examples/bench_upstream"
+
+"$UP" --listen 127.0.0.1:0 >"$WORK/up.out" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do grep -q '^listening ' "$WORK/up.out" && break; sleep 0.1; done
+UP_ADDR=$(awk '/^listening / {print $2; exit}' "$WORK/up.out")
+[[ -n "$UP_ADDR" ]] || { echo "bench_upstream did not start" >&2; exit 1; }
+
+config() { # MODE
+  cat <<EOF
+[proxy]
+listen = "127.0.0.1:0"
+allow_private_destinations = true
+
+[admin]
+listen = "127.0.0.1:0"
+
+[state]
+backend = "memory"
+
+[providers.bench]
+hosts = ["$UP_ADDR"]
+route = "/bench"
+upstream = "http://$UP_ADDR"
+EOF
+  if [[ $1 == quotas ]]; then
+    local spec
+    for spec in "per-second 100000000 1s" "per-minute 1000000000 1m" "per-day 100000000000 1d"; do
+      read -r name amount window <<<"$spec"
+      printf '\n[[providers.bench.limits]]\nname = "%s"\nunit = "requests"\namount = %s\nwindow = "%s"\n' \
+        "$name" "$amount" "$window"
+    done
+  fi
+}
+
+# Runs the proxy under callgrind, sends N requests, stops it; prints the instructions counted.
+count_ir() { # MODE N
+  local mode=$1 n=$2 out="$WORK/cg.$1.$2" pid line addr url proxy=()
+  config "$mode" >"$WORK/$mode.toml"
+  TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$out" \
+    "$QP" run -c "$WORK/$mode.toml" >"$out.stdout" 2>"$out.stderr" &
+  pid=$!
+  PIDS+=("$pid")
+  for _ in $(seq 600); do
+    grep -q 'listening proxy=' "$out.stdout" 2>/dev/null && break
+    kill -0 "$pid" 2>/dev/null || { echo "quota-proxy exited: $(tail -5 "$out.stderr")" >&2; exit 1; }
+    sleep 0.1
+  done
+  line=$(grep -m1 'listening proxy=' "$out.stdout") || { echo "quota-proxy did not start" >&2; exit 1; }
+  addr=$(sed -E 's/.*proxy=([^ ]+).*/\1/' <<<"$line")
+  if [[ $mode == route ]]; then
+    url="http://$addr/bench/"
+  else
+    url="http://$UP_ADDR/"
+    proxy=(-x "http://$addr")
+  fi
+  # One probe first, so lazily built state is not charged to the counted requests alone.
+  curl -fsS "${proxy[@]}" "$url" >/dev/null
+  hey -n "$n" -c 10 "${proxy[@]}" "$url" >"$out.hey"
+  grep -q "\[200\].*$n responses" "$out.hey" || { echo "not every request succeeded: $(cat "$out.hey")" >&2; exit 1; }
+  kill -TERM "$pid"
+  wait "$pid" || true
+  awk '/Collected :/ {print $NF}' "$out.stderr" | tail -1
+  if [[ -n "${CALLGRIND_KEEP:-}" && $n == "$N2" ]]; then
+    mkdir -p "$CALLGRIND_KEEP"
+    cp "$out" "$CALLGRIND_KEEP/callgrind.out.$mode"
+  fi
+}
+
+printf '%-8s %14s %14s %12s\n' mode "Ir($N1)" "Ir($N2)" "Ir/request"
+for mode in "${MODES[@]}"; do
+  a=$(count_ir "$mode" "$N1")
+  b=$(count_ir "$mode" "$N2")
+  printf '%-8s %14s %14s %12d\n' "$mode" "$a" "$b" $(((b - a) / (N2 - N1)))
+done
