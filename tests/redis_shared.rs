@@ -89,6 +89,17 @@ async fn every_replica_shows_the_shared_counters() {
         );
     }
 
+    // The RateLimit headers count every replica's calls: 5 so far, this is the 6th.
+    let r = forward(b.proxy_addr, "GET", &url, &[("x-quota-client", "us")], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("ratelimit"),
+        Some("\"rpm\";r=4"),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(r.header("ratelimit-policy"), Some("\"rpm\";q=10;w=60"));
+
     // Redis gone: the status says its figures are this replica's own.
     redis.kill();
     let p = eventually(

@@ -195,6 +195,7 @@ pub async fn send(
             }
             continue;
         }
+        let shared_room = permit.shared_headroom(call.engine.clock().now());
         let settlement = Settlement {
             provider: p.clone(),
             permit,
@@ -224,6 +225,7 @@ pub async fn send(
             key_label.as_deref(),
             delayed,
             call.hints,
+            shared_room,
         );
         if retriable && !replayable {
             // Say why an answer the proxy would have retried was not.
@@ -555,7 +557,7 @@ fn add_key_headers(headers: &mut http::HeaderMap, key: Option<&str>, delayed: Mi
 }
 
 /// The response's quota headers: key id, delay, and `RateLimit`/`RateLimit-Policy` for the
-/// tightest limit that applied to this call.
+/// tightest limit that applied to this call (`shared`: as the Redis backend counted it).
 fn decorate(
     engine: &quota::Engine,
     p: &ProviderRuntime,
@@ -563,6 +565,7 @@ fn decorate(
     key: Option<&str>,
     delayed: Micros,
     hints: &CallerHints,
+    shared: Option<quota::Headroom>,
 ) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     super::headers::strip_hop_by_hop(&mut parts.headers);
@@ -572,7 +575,11 @@ fn decorate(
     let account = key
         .and_then(|k| p.config.keys.keys.iter().find(|s| s.id == k))
         .and_then(|k| k.account.as_deref());
-    if let Some(t) = settle::tightest(&p.quota, &hints.client, key, account, now) {
+    let tightest = match shared {
+        Some(h) => Some(settle::Tightest::from_headroom(h, now)),
+        None => settle::tightest(&p.quota, &hints.client, key, account, now),
+    };
+    if let Some(t) = tightest {
         if let Ok(v) = HeaderValue::from_str(&t.ratelimit()) {
             parts.headers.insert("ratelimit", v);
         }

@@ -186,7 +186,7 @@ pub struct Tightest {
 }
 
 impl Tightest {
-    fn from_headroom(h: Headroom, now: Micros) -> Self {
+    pub(crate) fn from_headroom(h: Headroom, now: Micros) -> Self {
         Tightest {
             name: h.name,
             amount: h.amount,

@@ -73,6 +73,13 @@ pub struct Permit {
 }
 
 impl Permit {
+    /// The limit with the least room after this call as the shared backend counted it
+    /// (every replica's usage), or `None` when the call was not decided by Redis; the
+    /// `RateLimit` headers then come from the local counters.
+    pub fn shared_headroom(&self, now: Micros) -> Option<crate::quota::Headroom> {
+        self.reservation.as_ref()?.shared.as_ref()?.tightest(now)
+    }
+
     pub(crate) fn new(
         handle: Arc<ProviderHandle>,
         reservation: Reservation,

@@ -8,7 +8,8 @@
 --   m > 0 (calendar with client shares): the caller's group (1-based), borrow (0|1), the
 --   limit's whole amount, then (field, fraction) per group, the last being everyone not
 --   listed; per-group usage lives in the hash KEYS[i]..':g' (the rule of quota/shares.rs).
--- Replies: {1, now} admitted | {0, until, item, on_release, now} wait |
+-- Replies: {1, now, used_1, ..., used_n} admitted (each counter's usage with this call, in
+--   thousandths of a unit) | {0, until, item, on_release, now} wait |
 --          {2, item, now} too large | {3, now} calendar bounds stale (recompute, call again)
 local MARGIN = 60000 -- ms kept beyond a counter's last relevant instant
 local t = redis.call('TIME')
@@ -199,6 +200,7 @@ for i = 1, n do
   elseif kind == 'b' then
     local burst = tonumber(p2)
     local level = bucket_level(key, p1, burst) - tonumber(cost)
+    it.level = level
     redis.call('HSET', key, 'level', level, 'last', now)
     local refill = p1 > 0 and math.ceil((burst - level) / p1 / 1000) or 86400000
     redis.call('PEXPIRE', key, refill + MARGIN)
@@ -214,4 +216,13 @@ for i = 1, n do
     redis.call('PEXPIRE', key, math.ceil(p1 / 1000) + MARGIN)
   end
 end
-return {1, now}
+local reply = {1, now}
+for i = 1, n do
+  local it = items[i]
+  local used = 0
+  if it.kind == 'r' then used = it.sum + tonumber(it.cost)
+  elseif it.kind == 'c' then used = it.used + tonumber(it.cost)
+  elseif it.kind == 'b' then used = tonumber(it.p2) - it.level + tonumber(it.cost) end
+  reply[#reply + 1] = math.floor(used * 1000 + 0.5)
+end
+return reply

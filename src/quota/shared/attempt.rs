@@ -81,6 +81,7 @@ impl ProviderHandle {
             let ticket = Ticket {
                 items,
                 at: b.redis_now(now),
+                used: Vec::new(),
                 fallback: false,
             };
             return Shared::Admitted(reservation(d.costs, now, ticket));
@@ -93,10 +94,11 @@ impl ProviderHandle {
                 Err(_) => return Shared::Down,
             };
             match reply {
-                Reply::Admitted { now: at } => {
+                Reply::Admitted { now: at, used } => {
                     let ticket = Ticket {
                         items,
                         at,
+                        used,
                         fallback: false,
                     };
                     return Shared::Admitted(reservation(d.costs, now, ticket));
@@ -160,6 +162,7 @@ impl ProviderHandle {
                 let ticket = Ticket {
                     items: Vec::new(),
                     at: 0,
+                    used: Vec::new(),
                     fallback: false,
                 };
                 let key = (!d.keys.is_empty()).then_some(0);
@@ -178,6 +181,7 @@ impl ProviderHandle {
                     let ticket = Ticket {
                         items,
                         at,
+                        used: Vec::new(),
                         fallback: true,
                     };
                     b.reconcile_later(reconcile_ops(&ticket));

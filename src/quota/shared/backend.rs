@@ -260,7 +260,7 @@ impl RedisBackend {
             .await?;
         let reply = Reply::decode(&raw).ok_or(BackendError::Reply(raw))?;
         let now = match reply {
-            Reply::Admitted { now }
+            Reply::Admitted { now, .. }
             | Reply::Wait { now, .. }
             | Reply::TooLarge { now, .. }
             | Reply::Stale { now } => now,

@@ -4,12 +4,13 @@
 
 use crate::quota::admission::{scope_id, Demand};
 use crate::quota::calendar::period_bounds;
-use crate::quota::clock::Micros;
+use crate::quota::clock::{Micros, SECOND};
 use crate::quota::fit::non_negative;
 use crate::quota::rolling::BUCKETS;
 use crate::quota::shared::keys::{counter_key, period_key};
 use crate::quota::spec::{LimitSpec, Scope, WindowKind};
 use crate::quota::state::ProviderState;
+use crate::quota::status::Headroom;
 use crate::quota::unit::{Costs, Unit};
 
 /// How one counter is kept in Redis.
@@ -76,15 +77,56 @@ pub(crate) struct Item {
 pub(crate) struct Ticket {
     pub items: Vec<Item>,
     pub at: Micros,
+    /// Each item's usage with this call, as Redis answered (empty when not decided there).
+    pub used: Vec<f64>,
     /// Admitted by the local engine while Redis was unreachable (to reconcile).
     pub fallback: bool,
 }
 
+impl Ticket {
+    /// The item with the least room after this call, as Redis counted it (for the
+    /// `RateLimit` headers); `None` when Redis did not decide the call. `now` is the local
+    /// time the answer is read at; reset times are carried over from Redis time by their
+    /// distance from the admission.
+    pub(crate) fn tightest(&self, now: Micros) -> Option<Headroom> {
+        let mut best: Option<(f64, Headroom)> = None;
+        for (it, &used) in self.items.iter().zip(&self.used) {
+            if it.capacity <= 0.0 || matches!(it.kind, Kind::Concurrent { .. }) {
+                continue;
+            }
+            let remaining = (it.capacity - used).max(0.0);
+            let fraction = remaining / it.capacity;
+            if best.as_ref().is_some_and(|(f, _)| *f <= fraction) {
+                continue;
+            }
+            let (window_secs, resets_in) = match it.kind {
+                Kind::Rolling { width, n } => (Some((width * n / SECOND).max(1)), None),
+                Kind::Calendar { end, .. } => (None, Some(end.saturating_sub(self.at))),
+                Kind::Bucket { rate, .. } if rate > 0.0 => {
+                    (None, Some((used.max(0.0) / rate).ceil() as Micros))
+                }
+                _ => (None, None),
+            };
+            let headroom = Headroom {
+                name: it.limit.clone(),
+                amount: it.capacity,
+                remaining,
+                window_secs,
+                resets_at: resets_in.map(|d| now.saturating_add(d)),
+            };
+            best = Some((fraction, headroom));
+        }
+        best.map(|(_, h)| h)
+    }
+}
+
 /// The script's answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Reply {
+    /// `used`: each item's usage including this call (concurrency: 0).
     Admitted {
         now: Micros,
+        used: Vec<f64>,
     },
     /// `item` is 0-based; times are Redis times.
     Wait {
@@ -112,7 +154,10 @@ impl Reply {
     pub fn decode(v: &[i64]) -> Option<Reply> {
         let index = |i: i64| usize::try_from(i - 1).ok();
         Some(match *v {
-            [1, now] => Reply::Admitted { now: micros(now) },
+            [1, now, ref used @ ..] => Reply::Admitted {
+                now: micros(now),
+                used: used.iter().map(|&u| u as f64 / 1000.0).collect(),
+            },
             [0, until, item, release, now] => Reply::Wait {
                 until: micros(until),
                 item: index(item)?,
@@ -325,7 +370,13 @@ mod tests {
 
     #[test]
     fn replies_decode_or_are_refused() {
-        assert_eq!(Reply::decode(&[1, 5]), Some(Reply::Admitted { now: 5 }));
+        assert_eq!(
+            Reply::decode(&[1, 5, 2500, 0]),
+            Some(Reply::Admitted {
+                now: 5,
+                used: vec![2.5, 0.0]
+            })
+        );
         assert_eq!(
             Reply::decode(&[0, 9, 2, 1, 5]),
             Some(Reply::Wait {
@@ -367,6 +418,7 @@ mod tests {
                 }),
             ],
             at: 12_345,
+            used: Vec::new(),
             fallback: false,
         };
         let ops = settle_ops(&t, Some(&Costs::ZERO.with(Unit::Tokens, 4.0)), true);

@@ -101,7 +101,7 @@ async fn rolling_admits_up_to_the_amount_then_names_a_time() {
     let mut first = 0;
     for i in 0..3 {
         match b.admit(&items).await.unwrap() {
-            Reply::Admitted { now } if i == 0 => first = now,
+            Reply::Admitted { now, .. } if i == 0 => first = now,
             Reply::Admitted { .. } => {}
             other => panic!("{other:?}"),
         }
@@ -124,6 +124,7 @@ async fn rolling_admits_up_to_the_amount_then_names_a_time() {
     let ticket = Ticket {
         items: items.clone(),
         at: first,
+        used: Vec::new(),
         fallback: false,
     };
     b.adjust_later(settle_ops(&ticket, None, true));
@@ -190,6 +191,7 @@ async fn bucket_calendar_and_concurrency_all_or_nothing() {
     let ticket = Ticket {
         items,
         at: now,
+        used: Vec::new(),
         fallback: false,
     };
     b.adjust_later(settle_ops(
@@ -267,7 +269,7 @@ async fn client_shares_decide_like_the_local_engine() {
                 .await
                 .unwrap();
             let same = matches!(
-                (&want, got),
+                (&want, &got),
                 (Admission::Admitted(_), Reply::Admitted { .. })
                     | (Admission::Wait(_), Reply::Wait { .. })
                     | (Admission::TooLarge(_), Reply::TooLarge { .. })
@@ -339,7 +341,7 @@ async fn the_rolling_sum_matches_its_sub_buckets() {
         let cost = 1.0 + (seed % 40) as f64;
         let items = plan(&state, Costs::default().with(Unit::Tokens, cost), 0);
         match b.admit(&items).await.unwrap() {
-            Reply::Admitted { now } => {
+            Reply::Admitted { now, .. } => {
                 admitted += 1;
                 // Settle to a random actual cost, up or down (applied at once here).
                 let actual = ((seed >> 8) % 60) as f64;
