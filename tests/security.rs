@@ -296,6 +296,21 @@ async fn run_case(w: &World, i: usize) -> Outcome {
             let text = String::from_utf8_lossy(&out).into_owned();
             raw_status(&text).ok_or_else(|| format!("no answer to CONNECT: {text:?}"))
         }
+        25 => {
+            // http:// to a provider whose upstream is https: the key would travel in clear.
+            raw_on(
+                plain().await,
+                &h1(format!("http://{real}/v1/a"), real.clone()),
+            )
+            .await
+        }
+        26 => {
+            // Plain HTTP inside a CONNECT tunnel to the https provider.
+            let tunnel = connect_tunnel(p, &real)
+                .await
+                .map_err(|r| format!("CONNECT refused: {}", r.status))?;
+            raw_on(tunnel, &h1("/v1/a".into(), real.clone())).await
+        }
         _ => unreachable!(),
     }
 }
@@ -347,6 +362,14 @@ const CASES: &[(&str, Expect)] = &[
         Expect::Refused,
     ),
     ("CONNECT provider with Host header decoy", Expect::Refused),
+    (
+        "h1 http:// to the https provider (clear text)",
+        Expect::Refused,
+    ),
+    (
+        "plain HTTP inside a tunnel to the https provider",
+        Expect::Refused,
+    ),
 ];
 
 #[tokio::test]

@@ -192,6 +192,11 @@ where
         b.timer(TokioTimer::new())
             .max_concurrent_streams(config.proxy.max_h2_streams)
             .max_header_list_size(u32::try_from(config.proxy.max_header_bytes).unwrap_or(u32::MAX))
+            // Pinned rather than left to library defaults: streams the client resets before
+            // they are served (rapid reset) and streams refused by us (floods) each end the
+            // connection with GOAWAY past these counts (tests/h2_abuse.rs).
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(1024)
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
         drive!(b.serve_connection(io, service));

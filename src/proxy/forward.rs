@@ -67,6 +67,9 @@ pub async fn handle(
         }
     }
     let mut dest = destination(config, conn, &req)?;
+    if let Some(p) = &dest.provider {
+        refuse_clear_text_key(p, &dest)?;
+    }
     let label = dest
         .provider
         .as_ref()
@@ -266,6 +269,25 @@ fn destination(
         path_and_query: format!("{}{rest}{query}", upstream.base_path),
         provider: Some(provider.clone()),
     })
+}
+
+/// SPEC §12: a pool key for a provider whose upstream is https never travels in clear text,
+/// whatever scheme the app used (an `http://` absolute-form URL, or plain HTTP inside a
+/// tunnel). Providers with plain upstreams (local mocks, internal services) are unaffected.
+fn refuse_clear_text_key(p: &Provider, dest: &Destination) -> Result<(), ProxyError> {
+    let tls_upstream = p.upstream.as_ref().is_some_and(|u| u.https);
+    if dest.https || !tls_upstream || p.keys.keys.is_empty() {
+        return Ok(());
+    }
+    let route = p
+        .route
+        .as_deref()
+        .map(|r| format!(" or the route {r}"))
+        .unwrap_or_default();
+    Err(ProxyError::BadRequest(format!(
+        "provider {} is served over https and its key is never sent in clear text: use https://{route}",
+        p.name
+    )))
 }
 
 /// Every authority the request names: the URI's (`:authority` in h2, an absolute-form
