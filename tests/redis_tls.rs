@@ -5,9 +5,6 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 use base64::Engine as _;
 use support::*;
 
@@ -24,61 +21,13 @@ fn pem(label: &str, der: &[u8]) -> String {
     )
 }
 
-struct TlsRedis {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for TlsRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A `redis-server` answering TLS only, with a certificate for `localhost` from `ca`.
-async fn tls_redis(ca: &TestCa) -> TlsRedis {
+async fn tls_redis(ca: &TestCa) -> RedisServer {
     let leaf = ca.issue(&["localhost"]);
     let (cert, key) = (ca.dir().join("redis.crt"), ca.dir().join("redis.key"));
     std::fs::write(&cert, pem("CERTIFICATE", &leaf.chain[0])).unwrap();
     std::fs::write(&key, pem("PRIVATE KEY", &leaf.key_der)).unwrap();
-    for _ in 0..20 {
-        let port = free_port();
-        let mut child = Command::new("redis-server")
-            .args(["--port", "0", "--tls-port", &port.to_string()])
-            .arg("--tls-cert-file")
-            .arg(&cert)
-            .arg("--tls-key-file")
-            .arg(&key)
-            .arg("--tls-ca-cert-file")
-            .arg(ca.pem_path())
-            .args([
-                "--tls-auth-clients",
-                "no",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return TlsRedis { child, port };
-            }
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    panic!("could not start a TLS redis-server");
+    RedisServer::start_tls(&cert, &key, ca.pem_path()).await
 }
 
 fn config(up: &MockUpstream, port: u16) -> String {

@@ -12,6 +12,8 @@ use crate::support::toml_str;
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// TLS only (`--tls-port`): (certificate, key, CA) files.
+    tls: Option<[std::path::PathBuf; 3]>,
 }
 
 pub fn free_port() -> u16 {
@@ -21,10 +23,25 @@ pub fn free_port() -> u16 {
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
+        Self::start_with(None).await
+    }
+
+    /// A server answering TLS only on its port, with `cert` and `key` (PEM files); clients
+    /// are not asked for certificates.
+    pub async fn start_tls(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+    ) -> RedisServer {
+        Self::start_with(Some([cert.into(), key.into(), ca.into()])).await
+    }
+
+    async fn start_with(tls: Option<[std::path::PathBuf; 3]>) -> RedisServer {
         for _ in 0..20 {
             let mut s = RedisServer {
                 port: free_port(),
                 child: None,
+                tls: tls.clone(),
             };
             if s.spawn().await {
                 return s;
@@ -35,15 +52,28 @@ impl RedisServer {
 
     /// Starts the server on `self.port`; false when the port was taken meanwhile.
     pub async fn spawn(&mut self) -> bool {
-        let mut child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let port = self.port.to_string();
+        let mut cmd = Command::new("redis-server");
+        match &self.tls {
+            None => cmd.args(["--port", &port]),
+            Some([cert, key, ca]) => cmd
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .arg("--tls-ca-cert-file")
+                .arg(ca),
+        };
+        let mut child = cmd
+            .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is installed");
