@@ -5,138 +5,12 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use support::*;
 use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// A `redis-server` child on a port of its own, killed on drop.
-struct RedisServer {
-    port: u16,
-    child: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-impl RedisServer {
-    async fn start() -> RedisServer {
-        for _ in 0..20 {
-            let mut s = RedisServer {
-                port: free_port(),
-                child: None,
-            };
-            if s.spawn().await {
-                return s;
-            }
-        }
-        panic!("could not start redis-server on a free port");
-    }
-
-    /// Starts the server on `self.port`; false when the port was taken meanwhile.
-    async fn spawn(&mut self) -> bool {
-        let mut child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                self.child = Some(child);
-                return true;
-            }
-            if child.try_wait().unwrap().is_some() {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let _ = child.kill();
-        false
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    async fn restart(&mut self) {
-        self.kill();
-        assert!(self.spawn().await, "restart redis on port {}", self.port);
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        let client = redis::Client::open(self.url()).unwrap();
-        client.get_multiplexed_async_connection().await.unwrap()
-    }
-
-    /// Every key, by SCAN.
-    async fn keys(&self) -> Vec<String> {
-        let mut conn = self.conn().await;
-        let (mut cursor, mut keys) = (0u64, Vec::new());
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            keys.extend(batch);
-            if next == 0 {
-                return keys;
-            }
-            cursor = next;
-        }
-    }
-
-    /// The units a rolling-window hash holds (sum of its sub-buckets).
-    async fn rolling_sum(&self, key: &str) -> f64 {
-        let mut conn = self.conn().await;
-        let v: Vec<(String, f64)> = redis::cmd("HGETALL")
-            .arg(key)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        v.iter().map(|(_, u)| u).sum()
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// `cfg` with its `[state]` switched to Redis.
-fn with_redis(cfg: &str, redis: &RedisServer, on_error: &str) -> String {
-    let state = format!(
-        "[state]\nbackend = \"redis\"\nredis_url = {}\nredis_prefix = \"qp\"\non_backend_error = {}\n",
-        toml_str(&redis.url()),
-        toml_str(on_error)
-    );
-    cfg.replace("[state]\nbackend = \"memory\"\n", &state)
-}
 
 fn rpm_config(
     up: &MockUpstream,
@@ -151,15 +25,6 @@ fn rpm_config(
         .raw(&on_limit(action, "30s", 1000))
         .build();
     with_redis(&cfg, redis, on_error)
-}
-
-/// `cfg` with a generous bound on one Redis call, for the sharing tests: on a loaded test
-/// machine a timeout would (by design) let the local engine decide, which is not what they test.
-fn patient(cfg: &str) -> String {
-    cfg.replace(
-        "redis_prefix = \"qp\"\n",
-        "redis_prefix = \"qp\"\nredis_timeout = \"2s\"\n",
-    )
 }
 
 const RPM_KEY: &str = "{qp:mock}:q:rpm:requests:r60000000:provider:";

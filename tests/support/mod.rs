@@ -15,6 +15,7 @@ pub mod handlers;
 pub mod measure;
 pub mod proxy;
 pub mod quota;
+pub mod redis_server;
 pub mod upstream;
 pub mod wait;
 
@@ -25,6 +26,7 @@ pub use handlers::*;
 pub use measure::*;
 pub use proxy::{run_cli, run_cli_with_env, Proxy};
 pub use quota::*;
+pub use redis_server::{patient, with_redis, RedisServer};
 pub use upstream::{MockUpstream, Recorded};
 pub use wait::eventually;
 
