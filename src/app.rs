@@ -221,6 +221,9 @@ pub async fn run(
         path,
         shared: shared.clone(),
     });
+    let upkeep = metrics
+        .clone()
+        .map(|handle| tokio::spawn(crate::telemetry::run_upkeep(handle)));
     let admin = Arc::new(crate::admin::Admin {
         shared: shared.clone(),
         metrics,
@@ -261,6 +264,9 @@ pub async fn run(
         );
     }
     reload_task.abort();
+    if let Some(task) = upkeep {
+        task.abort();
+    }
     flusher.abort();
     let _ = flusher.await;
     if !flush(&shared.persistent, &store).await {
