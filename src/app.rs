@@ -31,6 +31,8 @@ pub enum AppError {
     State(#[from] state::StateError),
     #[error("state file {0}: {1}; move it aside to start with empty counters")]
     Restore(String, String),
+    #[error("{}: the file is empty (caught while being written?); a reload never applies an empty config", .0.display())]
+    EmptyReload(PathBuf),
 }
 
 impl From<tls::CaError> for AppError {
@@ -87,8 +89,8 @@ pub struct Reloader {
 
 impl Reloader {
     pub fn reload(&self) -> Result<(), String> {
-        let result = config::load(&self.path)
-            .map_err(AppError::from)
+        let result = refuse_empty(&self.path)
+            .and_then(|()| config::load(&self.path).map_err(AppError::from))
             .and_then(|c| build_runtime(c, &self.shared.persistent))
             .map_err(|e| e.to_string());
         match result {
@@ -123,6 +125,16 @@ impl Reloader {
                 Err(e)
             }
         }
+    }
+}
+
+/// An empty file is a valid config at start (every default), but on reload it is almost
+/// always a file caught while being rewritten: applying it would drop every provider and its
+/// quotas at once.
+fn refuse_empty(path: &std::path::Path) -> Result<(), AppError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().is_empty() => Err(AppError::EmptyReload(path.to_path_buf())),
+        _ => Ok(()),
     }
 }
 
@@ -223,6 +235,9 @@ pub async fn run(
         path,
         shared: shared.clone(),
     });
+    let upkeep = metrics
+        .clone()
+        .map(|handle| tokio::spawn(crate::telemetry::run_upkeep(handle)));
     let admin = Arc::new(crate::admin::Admin {
         shared: shared.clone(),
         metrics,
@@ -263,6 +278,9 @@ pub async fn run(
         );
     }
     reload_task.abort();
+    if let Some(task) = upkeep {
+        task.abort();
+    }
     flusher.abort();
     let _ = flusher.await;
     if !flush(&shared.persistent, &store).await {

@@ -195,8 +195,19 @@ fn ca(command: CaCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Raises the soft open-files limit to the hard limit: each client connection holds a file
+/// descriptor (two with its upstream), and `max_connections` defaults to 10,000, far above the
+/// usual soft limit of 1,024. A failure only leaves the limit as it was.
+fn raise_nofile_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-files soft limit raised to the hard limit"),
+        Err(e) => tracing::debug!("open-files limit left unchanged: {e}"),
+    }
+}
+
 fn run(path: PathBuf) -> anyhow::Result<()> {
     let cfg: Config = config::load(&path)?;
+    raise_nofile_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -39,6 +39,18 @@ pub fn init_metrics() -> Result<PrometheusHandle, String> {
     Ok(handle)
 }
 
+/// Drains histogram samples into their buckets every few seconds. The recorder installed by
+/// [`init_metrics`] keeps every raw sample until the next render otherwise, so memory grows
+/// with each request while nothing scrapes `/metrics`.
+pub async fn run_upkeep(handle: PrometheusHandle) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        handle.run_upkeep();
+    }
+}
+
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!("quota_proxy_requests_total", "Requests by provider and outcome (forwarded, delayed, rejected, upstream_429, upstream_error, tunneled, denied).");

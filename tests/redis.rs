@@ -27,15 +27,6 @@ fn rpm_config(
     with_redis(&cfg, redis, on_error)
 }
 
-/// `cfg` with a generous bound on one Redis call, for the sharing tests: on a loaded test
-/// machine a timeout would (by design) let the local engine decide, which is not what they test.
-fn patient(cfg: &str) -> String {
-    cfg.replace(
-        "redis_prefix = \"qp\"\n",
-        "redis_prefix = \"qp\"\nredis_timeout = \"2s\"\n",
-    )
-}
-
 const RPM_KEY: &str = "{qp:mock}:q:rpm:requests:r60000000:provider:";
 
 #[tokio::test]

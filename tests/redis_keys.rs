@@ -46,10 +46,7 @@ fn config(up: &MockUpstream, redis: &RedisServer) -> String {
             "[providers.mock.keys]\ninject = {{ header = \"authorization\", format = \"Bearer {{key}}\" }}\nstrategy = \"fill_first\"\npool = [{pool}]\n"
         ))
         .build();
-    with_redis(&cfg, redis, "local").replace(
-        "redis_prefix = \"qp\"\n",
-        "redis_prefix = \"qp\"\nredis_timeout = \"2s\"\n",
-    )
+    patient(&with_redis(&cfg, redis, "local"))
 }
 
 /// The `/status` entry of key `id` of provider `mock`.

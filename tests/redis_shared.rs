@@ -17,10 +17,7 @@ fn config(up: &MockUpstream, redis: &RedisServer) -> String {
         .raw(&limit("daily", "requests", 100.0, "day", "client"))
         .raw(&on_limit("reject", "1s", 10))
         .build();
-    with_redis(&cfg, redis, "local").replace(
-        "redis_prefix = \"qp\"\n",
-        "redis_prefix = \"qp\"\nredis_timeout = \"2s\"\n",
-    )
+    patient(&with_redis(&cfg, redis, "local"))
 }
 
 async fn status(admin: std::net::SocketAddr) -> Value {
@@ -125,10 +122,7 @@ async fn client_share_guarantees_hold_across_replicas() {
             "[providers.mock.clients]\nshares = { europe = 0.5, americas = 0.3 }\nborrow = false\n",
         )
         .build();
-    let cfg = with_redis(&cfg, &redis, "local").replace(
-        "redis_prefix = \"qp\"\n",
-        "redis_prefix = \"qp\"\nredis_timeout = \"2s\"\n",
-    );
+    let cfg = patient(&with_redis(&cfg, &redis, "local"));
     let (a, b) = (Proxy::start(&cfg), Proxy::start(&cfg));
     let url = mock_url(&up, "/v1/x");
     let call = |proxy: &Proxy, client: &'static str| {

@@ -121,6 +121,17 @@ pub fn tap_response(resp: Response<Body>, s: Settlement, strip_usage: bool) -> R
 fn settle(s: Settlement, status: u16, outcome: TapOutcome) {
     let p = &s.provider;
     let now = s.clock.now();
+    if outcome.failed {
+        // The head arrived (and was counted) but the body broke off: a reset or truncation.
+        super::count(&p.config.name, "upstream_error");
+        p.stats.record(
+            now,
+            crate::stats::Bucket {
+                upstream_errors: 1,
+                ..Default::default()
+            },
+        );
+    }
     if let (Some(i), Some(body)) = (s.key, outcome.body.as_ref()) {
         // Body signals of successful responses (Keepa's tokensLeft/refillIn, custom JSON).
         let mut sig = Signals::default();

@@ -45,6 +45,11 @@ fn boundary_table() {
         (Month, utc, "2027-02-10T00:00:00Z", "2027-02-01T00:00:00Z", "2027-03-01T00:00:00Z"),
         (Day, utc, "2028-02-29T10:00:00Z", "2028-02-29T00:00:00Z", "2028-03-01T00:00:00Z"),
         (Month, Europe::Berlin, "2028-02-29T23:30:00+01:00", "2028-01-31T23:00:00Z", "2028-02-29T23:00:00Z"),
+        // Month ends: the last second of a 30-day month and of a non-leap February, and a
+        // Berlin March that starts in CET and ends in CEST (23 h shorter than 31 days).
+        (Month, Europe::Berlin, "2026-04-30T23:59:59+02:00", "2026-03-31T22:00:00Z", "2026-04-30T22:00:00Z"),
+        (Month, utc, "2027-02-28T23:59:59Z", "2027-02-01T00:00:00Z", "2027-03-01T00:00:00Z"),
+        (Month, Europe::Berlin, "2026-03-31T23:59:59+02:00", "2026-02-28T23:00:00Z", "2026-03-31T22:00:00Z"),
         // Year rollover: December, and a week from Monday 2026-12-28 to Monday 2027-01-04.
         (Month, utc, "2026-12-31T23:59:59Z", "2026-12-01T00:00:00Z", "2027-01-01T00:00:00Z"),
         (Month, utc, "2027-01-01T00:00:00Z", "2027-01-01T00:00:00Z", "2027-02-01T00:00:00Z"),

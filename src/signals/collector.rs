@@ -140,6 +140,7 @@ impl Collector {
         TapOutcome {
             usage: self.usage.take(),
             completed,
+            failed: false,
             over_cap: self.over_cap,
             bytes: self.bytes_out,
             removed_usage_chunk: self.removed,

@@ -98,6 +98,9 @@ pub struct TapOutcome {
     pub usage: Option<Usage>,
     /// The body reached its end (false: dropped early or failed).
     pub completed: bool,
+    /// The upstream body failed (reset, truncated, timed out), as opposed to the app
+    /// dropping it early.
+    pub failed: bool,
     /// The JSON body outgrew the copy cap, so its usage is unknown.
     pub over_cap: bool,
     /// Body bytes passed on to the app.
@@ -121,9 +124,16 @@ struct TapState {
 
 impl TapState {
     fn fire(&mut self, completed: bool) {
+        self.fire_outcome(completed, false);
+    }
+
+    fn fire_outcome(&mut self, completed: bool, failed: bool) {
         self.finished = true;
         if let Some(cb) = self.on_done.take() {
-            cb(self.collector.outcome(completed));
+            cb(TapOutcome {
+                failed,
+                ..self.collector.outcome(completed)
+            });
         }
     }
 }
@@ -214,7 +224,7 @@ where
                     return Poll::Ready((!rest.is_empty()).then(|| Ok(Frame::data(rest))));
                 }
                 Some(Err(e)) => {
-                    state.fire(false);
+                    state.fire_outcome(false, true);
                     return Poll::Ready(Some(Err(e)));
                 }
                 Some(Ok(frame)) => frame,

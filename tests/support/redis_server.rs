@@ -177,3 +177,12 @@ pub fn with_redis(cfg: &str, redis: &RedisServer, on_error: &str) -> String {
     );
     cfg.replace("[state]\nbackend = \"memory\"\n", &state)
 }
+
+/// `cfg` with a generous bound on one Redis call, for the sharing tests: on a loaded test
+/// machine a timeout would (by design) let the local engine decide, which is not what they test.
+pub fn patient(cfg: &str) -> String {
+    cfg.replace(
+        "redis_prefix = \"qp\"\n",
+        "redis_prefix = \"qp\"\nredis_timeout = \"2s\"\n",
+    )
+}
