@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Performance comparison of quota-proxy against nginx (reverse proxy) and Squid (forward
-# proxy), following shared/BENCHMARKING.md and measured against SPEC §13.
+# Performance comparison of quota-proxy against nginx, Squid, tinyproxy and mitmproxy on
+# every SPEC §13 row, following BENCHMARKING.md; results in docs/performance.md.
 #
-#   bash benches/compare.sh            # full: every SPEC §13 row (~15 min)
+#   bash benches/compare.sh            # full: every SPEC §13 row (~11-15 min)
 #   bash benches/compare.sh --quick    # smoke run: fewer, shorter rounds (~5 min)
+#   COMPARE_SECTIONS="plain tls sse redis memory criterion"   # default: all sections
 #
 # Needs root (apt-get, the TLS upstream on port 443, bench names in /etc/hosts, which are
 # removed again on exit) and 2 cores.
+#
 # Layout: the proxy under test runs alone on core 0 with one worker (quota-proxy with
 # TOKIO_WORKER_THREADS=1, nginx worker_processes 1, Squid workers 1); the load generator and
 # the mock upstream (examples/bench_upstream.rs, one tokio worker) share core 1.
@@ -82,7 +84,7 @@ ON_CORE1=(nice -n "$NICE" taskset -c 1)
 SECTIONS=${COMPARE_SECTIONS:-plain tls sse redis memory criterion}
 section() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
-usage() { sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 ARGS=("$@")
 for arg in "$@"; do
