@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Performance comparison of quota-proxy against nginx (reverse proxy) and Squid (forward
-# proxy), following shared/BENCHMARKING.md and measured against SPEC §13.
+# Performance comparison of quota-proxy against nginx, Squid, tinyproxy and mitmproxy on
+# every SPEC §13 row, following BENCHMARKING.md; results in docs/performance.md.
 #
-#   bash benches/compare.sh            # full: 5 interleaved rounds of 5 s per target (~11 min)
-#   bash benches/compare.sh --quick    # 2 rounds of 3 s
+#   bash benches/compare.sh            # full: every SPEC §13 row (~11-15 min)
+#   bash benches/compare.sh --quick    # smoke run: fewer, shorter rounds (~5 min)
+#   COMPARE_SECTIONS="plain tls sse redis memory criterion"   # default: all sections
+#
+# Needs root (apt-get, the TLS upstream on port 443, bench names in /etc/hosts, which are
+# removed again on exit) and 2 cores.
 #
 # Layout: the proxy under test runs alone on core 0 with one worker (quota-proxy with
 # TOKIO_WORKER_THREADS=1, nginx worker_processes 1, Squid workers 1); the load generator and
@@ -12,7 +16,8 @@
 # Targets: direct (load generator -> upstream), qp_forward (quota-proxy, absolute-form),
 # qp_route (quota-proxy route mode, origin-form /bench/...), qp_quotas (forward mode
 # through a second quota-proxy whose provider has three request limits that never bind),
-# nginx (reverse proxy with upstream keep-alive), squid (forward proxy, no cache, no logs).
+# nginx (reverse proxy with upstream keep-alive), squid (forward proxy, no cache, no logs),
+# tinyproxy (forward proxy; it closes every client connection, so only in new_conn).
 #
 # Scenarios, each: warm-up of 2 s per target, then N rounds of A B C D E:
 #   keepalive   wrk, 50 keep-alive connections, saturation: requests/s, CPU/request
@@ -27,9 +32,16 @@
 # Steal time is read from /proc/stat for each round; rounds above 2% are dropped. Ratios
 # are taken within a round, then the median over the kept rounds.
 #
+# Then the other SPEC §13 rows (benches/compare/extra.sh): intercepted HTTPS (keep-alive
+# and a new connection per request, vs quota-proxy's own blind tunnel and mitmdump; the
+# first connection to a new host), SSE per-event latency, the Redis backend with 2
+# replicas, memory (idle, and per idle connection with 10,000 held), and the in-process
+# criterion figures (quota decision vs governor, leaf minting).
+#
 # Output: a table on stdout and the same as JSON in benches/results/compare-<date>.json.
-# Installs nginx-light (or nginx), squid, wrk and hey with apt-get when missing, and never
-# leaves their system services running. Every process started here is stopped on exit.
+# Installs nginx-light (or nginx), squid, tinyproxy, wrk, hey, redis and openssl with
+# apt-get when missing (mitmproxy with pip in a venv under target/), and never leaves their
+# system services running. Every process started here is stopped on exit.
 
 set -euo pipefail
 
@@ -37,7 +49,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HELPERS="$ROOT/benches/compare"
 
 ROUNDS=5
-DURATION=5        # seconds per target per round
+DURATION=4        # seconds per target per round
 WARMUP=2          # seconds per target before the rounds of each scenario
 MAX_STEAL_PCT=2
 KEEPALIVE_CONNS=50
@@ -46,6 +58,16 @@ FIXED_CONNS=20
 NEWCONN_RATE=1000 # req/s, scenario new_conn (hey -q is per worker: rate = workers x q)
 NEWCONN_WORKERS=10
 QUICK=false
+TLS_ROUNDS=3      # intercepted HTTPS rounds (keep-alive and new connection)
+TLS_DURATION=4
+TLS_NEW_HOSTS=7   # first connections to new intercepted hosts
+SSE_ROUNDS=3
+SSE_EVENTS=200
+SSE_GAP_MS=5
+REDIS_ROUNDS=3
+MEM_CONNS=10000
+CRIT_TIME=2       # criterion measurement seconds per bench
+CRIT_FILTER=""    # criterion name filter (empty: every bench of both files)
 # Priority of the measurements (proxies, upstream, load generators). The machine is shared
 # with other builds that nothing keeps off core 0; a higher priority (lower nice) lets the
 # process under test take its core back at once instead of queueing behind a compiler,
@@ -58,12 +80,20 @@ NICE=${COMPARE_NICE:--15}
 ON_CORE0=(nice -n "$NICE" taskset -c 0)
 ON_CORE1=(nice -n "$NICE" taskset -c 1)
 
-usage() { sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+# COMPARE_SECTIONS picks sections (default: all), e.g. COMPARE_SECTIONS="tls sse".
+SECTIONS=${COMPARE_SECTIONS:-plain tls sse redis memory criterion}
+section() { [[ " $SECTIONS " == *" $1 "* ]]; }
+
+usage() { sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 ARGS=("$@")
 for arg in "$@"; do
   case "$arg" in
-    --quick) QUICK=true; ROUNDS=2; DURATION=3 ;;
+    --quick)
+      QUICK=true; ROUNDS=2; DURATION=2; WARMUP=1; TLS_ROUNDS=1; TLS_DURATION=2
+      TLS_NEW_HOSTS=3; SSE_ROUNDS=1; SSE_EVENTS=50; REDIS_ROUNDS=1; MEM_CONNS=2000; CRIT_TIME=1
+      CRIT_FILTER='governor_keyed_check$|provider_handle_admit_settle_3_limits$|mint_server_config|rcgen_p256|cache_hit'
+      ;;
     -h|--help) usage; exit 0 ;;
     *) echo "compare.sh: unknown argument $arg" >&2; usage >&2; exit 2 ;;
   esac
@@ -98,6 +128,7 @@ cleanup() {
     fi
   done
   [[ "${COMPARE_STAGE:-}" == measure ]] || stop_system_services
+  declare -F tls_hosts_remove >/dev/null && tls_hosts_remove
   if [[ $status -ne 0 && $status -ne 130 && -d "$WORK" ]]; then
     log "failed; logs kept in $WORK"
   else
@@ -133,6 +164,12 @@ ensure_tools() {
   command -v squid >/dev/null || apt_install squid || die "cannot install squid"
   command -v wrk >/dev/null || apt_install wrk || die "cannot install wrk"
   command -v hey >/dev/null || apt_install hey || die "cannot install hey"
+  command -v tinyproxy >/dev/null || apt_install tinyproxy || die "cannot install tinyproxy"
+  command -v redis-server >/dev/null || apt_install redis-server || die "cannot install redis"
+  command -v redis-benchmark >/dev/null || apt_install redis-tools || die "cannot install redis-tools"
+  command -v openssl >/dev/null || apt_install openssl || die "cannot install openssl"
+  python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv \
+    || die "cannot install python3-venv"
   command -v curl >/dev/null || apt_install curl || die "cannot install curl"
   command -v python3 >/dev/null || apt_install python3 || die "cannot install python3"
   command -v taskset >/dev/null || apt_install util-linux || die "cannot install taskset"
@@ -144,7 +181,8 @@ ensure_tools() {
 # system pid files, never by process name).
 stop_system_services() {
   local svc pidfile pid
-  for svc in nginx squid; do
+  # (Never Redis: a shared redis-server may serve others on this machine.)
+  for svc in nginx squid tinyproxy; do
     for pidfile in "/run/$svc.pid" "/var/run/$svc.pid"; do
       [[ -s "$pidfile" ]] || continue
       pid=$(tr -dc '0-9' <"$pidfile")
@@ -162,9 +200,11 @@ QP_BIN="$ROOT/target/release/quota-proxy"
 UP_BIN="$ROOT/target/release/examples/bench_upstream"
 
 build() {
-  log "cargo build --release (quota-proxy, bench_upstream)"
-  (cd "$ROOT" && cargo build --release --bin quota-proxy --example bench_upstream) \
+  log "cargo build --release (quota-proxy, bench_upstream, criterion benches)"
+  (cd "$ROOT" && cargo build --release --bin quota-proxy --example bench_upstream \
+    && cargo bench --no-run --bench quota --bench hot_path) \
     >"$WORK/build.log" 2>&1 || die "build failed: $(grep -m5 -A5 '^error' "$WORK/build.log")"
+  ensure_mitmdump
 }
 
 # ---------------------------------------------------------------------------------------
@@ -346,6 +386,29 @@ EOF
   log "squid         $SQ_ADDR (pid $SQ_PID, core 0)"
 }
 
+start_tinyproxy() {
+  local dir="$WORK/tinyproxy"
+  mkdir -p "$dir"
+  TP_ADDR="127.0.0.1:$(free_port)"
+  cat >"$dir/tinyproxy.conf" <<EOF
+User nobody
+Group nogroup
+Port ${TP_ADDR##*:}
+Listen 127.0.0.1
+Timeout 30
+MaxClients 2000
+LogLevel Critical
+Allow 127.0.0.1
+DisableViaHeader Yes
+EOF
+  # -d: stay in the foreground.
+  "${ON_CORE0[@]}" tinyproxy -d -c "$dir/tinyproxy.conf" >"$dir/out" 2>&1 &
+  TP_PID=$!
+  STARTED_PIDS+=("$TP_PID")
+  wait_port "$TP_ADDR" tinyproxy "$TP_PID"
+  log "tinyproxy     $TP_ADDR (pid $TP_PID, core 0)"
+}
+
 # Re-pins every thread of a process tree (BENCHMARKING.md: taskset -acp).
 pin_tree() { # CORE PID
   local p
@@ -424,7 +487,15 @@ probe_targets() {
 # ---------------------------------------------------------------------------------------
 # Targets: how each is addressed, and which processes' CPU counts
 # ---------------------------------------------------------------------------------------
-TARGETS=(direct qp_forward qp_route qp_quotas nginx squid)
+TARGETS=(direct qp_forward qp_route qp_quotas nginx squid tinyproxy)
+
+# tinyproxy closes the client connection after every request: new_conn only.
+scenario_targets() {
+  case "$1" in
+    new_conn) echo "${TARGETS[@]}" ;;
+    *) echo "${TARGETS[@]/tinyproxy/}" ;;
+  esac
+}
 
 target_pids() {
   case "$1" in
@@ -433,6 +504,7 @@ target_pids() {
     qp_quotas) echo "$QPQ_PID" ;;
     nginx) echo "$NGX_PID" $(child_pids "$NGX_PID") ;;
     squid) echo "$SQ_PID" $(child_pids "$SQ_PID") ;;
+    tinyproxy) echo "$TP_PID" $(child_pids "$TP_PID") ;;
   esac
 }
 
@@ -445,6 +517,7 @@ target_url() {
     qp_quotas) echo "http://$UP_ADDR/ http://$QPQ_ADDR" ;;
     nginx) echo "http://$NGX_ADDR/" ;;
     squid) echo "http://$UP_ADDR/ http://$SQ_ADDR" ;;
+    tinyproxy) echo "http://$UP_ADDR/ http://$TP_ADDR" ;;
   esac
 }
 
@@ -546,6 +619,8 @@ runq_wait_ns() {
 }
 
 SAMPLES="$WORK/samples.jsonl"
+# shellcheck source=compare/extra.sh
+source "$HELPERS/extra.sh"
 
 # Runs one target once and appends a sample (ROUND 0 = warm-up, not recorded).
 measure() { # SCENARIO ROUND TARGET DURATION_S
@@ -572,12 +647,13 @@ measure() { # SCENARIO ROUND TARGET DURATION_S
 }
 
 run_scenario() { # SCENARIO
-  local scen=$1 t r s0 s1 steal
+  local scen=$1 t r s0 s1 steal targets
+  read -r -a targets <<<"$(scenario_targets "$scen")"
   log "scenario $scen: warm-up ${WARMUP}s per target"
-  for t in "${TARGETS[@]}"; do measure "$scen" 0 "$t" "$WARMUP"; done
+  for t in "${targets[@]}"; do measure "$scen" 0 "$t" "$WARMUP"; done
   for r in $(seq "$ROUNDS"); do
     read -r -a s0 <<<"$(proc_stat)"
-    for t in "${TARGETS[@]}"; do measure "$scen" "$r" "$t" "$DURATION"; done
+    for t in "${targets[@]}"; do measure "$scen" "$r" "$t" "$DURATION"; done
     read -r -a s1 <<<"$(proc_stat)"
     steal=$(awk -v t="$((s1[0] - s0[0]))" -v s="$((s1[1] - s0[1]))" \
       'BEGIN { printf "%.2f", (t > 0) ? 100 * s / t : 0 }')
@@ -657,6 +733,8 @@ measure_in_own_sched_group() {
 
 main() {
   NOTES=()
+  QP_THREADS=""
+  QP_BUSY_WORKERS=()
   RUN_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   [[ $(nproc) -ge 2 ]] || die "needs 2 cores (proxy on core 0, load on core 1)"
   if [[ "${COMPARE_STAGE:-}" != measure ]]; then
@@ -680,26 +758,36 @@ main() {
   start_quota_proxy on
   start_nginx
   start_squid
+  start_tinyproxy
   local pid
-  for pid in "$QP_PID" "$QPQ_PID" "$NGX_PID" "$SQ_PID"; do pin_tree 0 "$pid"; done
+  for pid in "$QP_PID" "$QPQ_PID" "$NGX_PID" "$SQ_PID" "$TP_PID"; do pin_tree 0 "$pid"; done
   pin_tree 1 "$UP_PID"
   probe_targets
   log "quota-proxy threads at startup: $(qp_thread_names "$QP_PID") (quotas off)," \
     "$(qp_thread_names "$QPQ_PID") (quotas on)"
 
   : >"$SAMPLES"
-  run_scenario keepalive
-  run_scenario fixed_rate
-  run_scenario new_conn
+  if section plain; then
+    run_scenario keepalive
+    run_scenario fixed_rate
+    run_scenario new_conn
+    check_qp_workers
+  fi
 
-  check_qp_workers
+  # The other SPEC §13 rows (benches/compare/extra.sh).
+  if section tls; then run_tls; fi
+  if section sse; then run_sse; fi
+  if section redis; then run_redis; fi
+  if section memory; then run_memory; fi
+  if section criterion; then run_criterion; fi
+
   write_meta
   mkdir -p "$ROOT/benches/results"
   local out
   # UTC date and time: a second run on the same day does not overwrite the first.
   out="$ROOT/benches/results/compare-$(date -u +%Y-%m-%dT%H%M%SZ).json"
   echo
-  python3 "$HELPERS/report.py" "$SAMPLES" "$WORK/meta.json" "$out"
+  python3 "$HELPERS/report.py" "$SAMPLES" "$WORK/meta.json" "$out" "$EXTRAS"
   echo
   log "wrote $out"
 }

@@ -203,6 +203,11 @@ async fn every_key_has_a_ttl_and_the_providers_hash_tag() {
             .query_async(&mut conn)
             .await
             .unwrap();
+        if ttl == -2 {
+            // Gone since it was listed: the in-flight counter is deleted when its last
+            // call settles, which may happen after the client has its response.
+            continue;
+        }
         assert!(ttl > 0, "{key} has no TTL ({ttl})");
     }
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Aggregates the samples of benches/compare.sh into the printed table and the JSON file.
 
-Usage: report.py SAMPLES.jsonl META.json OUT.json
+Usage: report.py SAMPLES.jsonl META.json OUT.json [EXTRAS.jsonl]
 
 SAMPLES.jsonl holds one object per line:
   {"kind": "run", "scenario", "round", "target", "requests", "duration_us", "p50_us",
@@ -10,13 +10,16 @@ SAMPLES.jsonl holds one object per line:
 Rounds whose steal is above META["max_steal_pct"] are dropped (unless every round is, in
 which case all are kept and the report says so). Every ratio is computed within one round,
 then the median over the kept rounds is reported.
+
+EXTRAS.jsonl (benches/compare/extra.sh) holds the other SPEC §13 rows, already reduced:
+  {"row", "proxy", "peer", "peer_name", "unit", "ratio", "target", "met", "detail"}
 """
 
 import json
 import statistics
 import sys
 
-TARGETS = ["direct", "qp_forward", "qp_route", "qp_quotas", "nginx", "squid"]
+TARGETS = ["direct", "qp_forward", "qp_route", "qp_quotas", "nginx", "squid", "tinyproxy"]
 LABELS = {
     "direct": "direct",
     "qp_forward": "qp forward",
@@ -24,6 +27,7 @@ LABELS = {
     "qp_quotas": "qp fwd+quota",
     "nginx": "nginx rev",
     "squid": "squid fwd",
+    "tinyproxy": "tinyproxy",
 }
 SCENARIOS = {
     "keepalive": "(a) plain HTTP keep-alive, saturation (wrk)",
@@ -80,7 +84,28 @@ RATIOS = (
         ("added p99 fwd+quota vs nginx", "fixed_rate", "added99r", "qp_quotas", "nginx", "<= 1.5", lambda v: v <= 1.5),
     ]
     + [r for r in cpu_rows("new_conn", 1.5, None, None) if r[4] != "squid" or r[3] == "qp_forward"]
+    + [
+        ("cpu/req forward vs tinyproxy", "new_conn", "cpu", "qp_forward", "tinyproxy", "-", None),
+        ("cpu/req fwd+quota vs tinyproxy", "new_conn", "cpu", "qp_quotas", "tinyproxy", "-", None),
+    ]
 )
+
+
+def figure(kind, rows, target):
+    """The figure a ratio row compares for one target in one round (proxy or peer column)."""
+    r, d = rows.get(target), rows.get("direct")
+    try:
+        if kind == "cpu":
+            return r["cpu_us_per_req"]
+        if kind == "rps":
+            return r["rps"]
+        if kind == "added50":
+            return r["p50_us"] - d["p50_us"]
+        if kind == "added99r":
+            return r["p99_us"] - d["p99_us"]
+    except (TypeError, KeyError):
+        return None
+    return None
 
 
 def derive(run):
@@ -138,6 +163,10 @@ def fmt(v, digits=1):
 
 def main():
     samples_path, meta_path, out_path = sys.argv[1:4]
+    extras = []
+    if len(sys.argv) > 4:
+        with open(sys.argv[4]) as f:
+            extras = [json.loads(line) for line in f if line.strip()]
     with open(meta_path) as f:
         meta = json.load(f)
     runs, rounds = [], []
@@ -156,6 +185,7 @@ def main():
         "scenarios": {},
         "ratios": [],
         "warnings": [],
+        "extra_rows": extras,
         "runs": runs,
     }
     lines = []
@@ -230,7 +260,7 @@ def main():
         out["scenarios"][scen] = {"title": title, "kept_rounds": kept, "medians": figures}
 
     p("")
-    p(f"  {'ratio (per round, median)':<42}{'median':>9}  {'SPEC 13 target':<16}{'met':<5} per round")
+    p(f"  {'ratio (per round, median)':<42}{'proxy':>9}{'peer':>9}{'median':>9}  {'SPEC 13 target':<16}{'met':<5} per round")
     for name, scen, kind, num, den, target, pred in RATIOS:
         kept = kept_rounds.get(scen, [])
         per_round = []
@@ -241,14 +271,30 @@ def main():
         met = None if pred is None or med is None else bool(pred(med))
         digits = 0 if kind == "added50" else 2
         label = f"{scen}: {name}"
-        p(f"  {label:<42}{fmt(med, digits):>9}  {target:<16}"
+        rounds_rows = [{r["target"]: r for r in runs if r["scenario"] == scen and r["round"] == rnd}
+                       for rnd in kept]
+        num_fig = median(figure(kind, rows, num) for rows in rounds_rows)
+        den_fig = median(figure(kind, rows, den) for rows in rounds_rows) if den else None
+        p(f"  {label:<42}{fmt(num_fig, 1):>9}{fmt(den_fig, 1):>9}{fmt(med, digits):>9}  {target:<16}"
           f"{('-' if met is None else ('yes' if met else 'NO')):<5} "
           + " ".join(fmt(v, digits) for v in per_round))
         out["ratios"].append({
             "scenario": scen, "name": name, "kind": kind, "numerator": num,
             "denominator": den, "per_round": per_round, "median": med,
+            "numerator_figure": num_fig, "denominator_figure": den_fig,
             "target": None if target == "-" else target, "met": met,
         })
+    if extras:
+        p("")
+        p("  other SPEC 13 rows (benches/compare/extra.sh)")
+        p(f"  {'row':<70}{'proxy':>10}{'peer':>10}{'ratio':>8}  {'target':<18}{'met':<5}")
+        for x in extras:
+            met = x.get("met")
+            p(f"  {x['row']:<70}{fmt(x.get('proxy'), 1):>10}{fmt(x.get('peer'), 1):>10}"
+              f"{fmt(x.get('ratio'), 3):>8}  {(x.get('target') or '-'):<18}"
+              f"{('-' if met is None else ('yes' if met else 'NO')):<5}")
+            if x.get("peer_name") or x.get("detail"):
+                p(f"      {('peer: ' + x['peer_name'] + '; ') if x.get('peer_name') else ''}{x.get('detail') or ''}")
     for w in meta.get("notes", []):
         out["warnings"].append(w)
     if out["warnings"]:
