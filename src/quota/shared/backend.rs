@@ -67,7 +67,11 @@ impl RedisBackend {
         options: RedisOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<Batch>), BackendError> {
-        let client = Client::open(options.url.as_str())?;
+        // Nagle off: an admission is one small write that waits for its answer, and several
+        // are in flight on the one connection (redis-rs leaves Nagle on by default).
+        let info = redis::IntoConnectionInfo::into_connection_info(options.url.as_str())?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = Client::open(info)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let cool_off = duration_micros(options.cool_off);
         let backend = Arc::new(Self {
