@@ -100,6 +100,53 @@ async fn upstream_reset_mid_body_is_an_upstream_error_that_releases_its_concurre
     assert!(!proxy.logs().contains("panicked"), "{}", proxy.logs());
 }
 
+#[tokio::test]
+async fn upstream_down_and_upstream_timeouts_under_concurrency_are_counted_and_release_their_slot()
+{
+    let up = MockUpstream::plain(by_path(vec![("/v1/hang", hang())], fixed(200, &[], "ok"))).await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let cfg = mock_provider(&up, &[])
+        .proxy("upstream_timeout", "\"1s\"")
+        .raw(&limit("inflight", "concurrent", 2.0, "", "provider"))
+        .raw(&on_limit("reject", "30s", 10))
+        .build();
+    let proxy = Proxy::start(&cfg);
+    let down = ConfigBuilder::new()
+        .resolve(MOCK_HOST, "127.0.0.1")
+        .simple_provider("mock", MOCK_HOST, &format!("http://{MOCK_HOST}:{closed}"))
+        .raw(&limit("inflight", "concurrent", 2.0, "", "provider"))
+        .raw(&on_limit("reject", "30s", 10))
+        .build();
+    let dead = Proxy::start(&down);
+    // Six timeouts, two at a time (the concurrency limit): each 504, each slot released.
+    for round in 0..3 {
+        let resps = concurrently(2, |_| {
+            let url = mock_url(&up, "/v1/hang");
+            let addr = proxy.proxy_addr;
+            async move { forward(addr, "GET", &url, &[], "").await }
+        })
+        .await;
+        for r in &resps {
+            assert_proxy_error(r, 504, "error");
+        }
+        let r = forward(proxy.proxy_addr, "GET", &mock_url(&up, "/v1/ok"), &[], "").await;
+        assert_eq!(r.status, 200, "round {round}: {}", r.text());
+    }
+    // Six calls to a closed port: each 502, none holds a slot.
+    for _ in 0..6 {
+        let url = format!("http://{MOCK_HOST}:{closed}/v1/x");
+        let r = forward(dead.proxy_addr, "GET", &url, &[], "").await;
+        assert_proxy_error(&r, 502, "error");
+    }
+    let m = metrics_text(proxy.admin_addr).await;
+    assert_eq!(outcome_count(&m, "mock", "upstream_error"), 6.0, "{m}");
+    let m = metrics_text(dead.admin_addr).await;
+    assert_eq!(outcome_count(&m, "mock", "upstream_error"), 6.0, "{m}");
+}
+
 // ---------------------------------------------------------------- upstream 5xx
 
 #[tokio::test]

@@ -44,6 +44,10 @@ async fn ten_thousand_idle_keep_alive_connections_stay_open_with_bounded_memory(
     let up = MockUpstream::plain(fixed(200, &[], "ok")).await;
     let cfg = mock_provider(&up, &[])
         .proxy("max_connections", "20000")
+        // An idle keep-alive connection is closed once no next request head arrives within
+        // header_read_timeout (10 s by default); opening 10,000 on a loaded machine can take
+        // longer than that, and this test measures connections that are held.
+        .proxy("header_read_timeout", "\"300s\"")
         .raw(&limit("rpm", "requests", 1e9, "1m", "provider"))
         .build();
     let proxy = Proxy::start(&cfg);

@@ -118,7 +118,9 @@ async fn a_thousand_slow_heads_are_closed_after_the_timeout_while_a_client_is_se
         "a slow connection stayed open {max:?} (timeout {HEADER_READ_TIMEOUT:?})"
     );
     assert!(
-        min >= HEADER_READ_TIMEOUT - Duration::from_millis(100),
+        // (The proxy's clock starts at its accept, ours once connect returns in this busy
+        // process: ours may start late, so allow some slack below the timeout.)
+        min >= HEADER_READ_TIMEOUT - Duration::from_millis(500),
         "a slow connection was closed after {min:?}, before its timeout"
     );
     assert!(

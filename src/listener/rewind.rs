@@ -30,8 +30,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
             if self.prefix.is_empty() {
-                // An empty view still holds the whole sniff buffer: release it, or every
-                // idle keep-alive connection keeps it for its lifetime.
+                // An emptied `Bytes` still pins the sniff buffer: release it, or every
+                // idle keep-alive connection keeps 4 KiB for its whole life.
                 self.prefix = Bytes::new();
             }
             return Poll::Ready(Ok(()));
