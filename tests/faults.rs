@@ -213,70 +213,7 @@ async fn upstream_5xx_is_retried_per_config_and_counted() {
     assert_eq!(retries, 4.0, "2 + 2 retries counted: {m}");
 }
 
-// ---------------------------------------------------------------- Redis frozen
-
-#[tokio::test]
-async fn redis_frozen_by_sigstop_never_hangs_a_request_and_usage_reconciles_after_sigcont() {
-    let redis = RedisServer::start().await;
-    let up = MockUpstream::plain(fixed(200, &[], "ok")).await;
-    let cfg = mock_provider(&up, &[])
-        .raw(&limit("rpm", "requests", 1000.0, "1m", "provider"))
-        .raw(&on_limit("reject", "30s", 100))
-        .build();
-    let proxy = Proxy::start(&with_redis(&cfg, &redis, "local"));
-    let url = mock_url(&up, "/v1/x");
-    for _ in 0..3 {
-        assert_eq!(
-            forward(proxy.proxy_addr, "GET", &url, &[], "").await.status,
-            200
-        );
-    }
-    const KEY: &str = "{qp:mock}:q:rpm:requests:r60000000:provider:";
-    assert_eq!(redis.rolling_sum(KEY).await, 3.0);
-
-    redis.signal("STOP");
-    let mut slowest = Duration::ZERO;
-    for i in 0..10 {
-        let t = Instant::now();
-        let r = forward(proxy.proxy_addr, "GET", &url, &[], "").await;
-        let took = t.elapsed();
-        slowest = slowest.max(took);
-        // The Redis call is bounded by redis_timeout (100 ms), then the breaker skips it.
-        assert!(took < Duration::from_secs(3), "call {i} hung {took:?}");
-        assert_eq!(
-            r.status,
-            200,
-            "on_backend_error = local admits: {}",
-            r.text()
-        );
-    }
-    println!("redis frozen: slowest call {slowest:?}");
-    let m = metrics_text(proxy.admin_addr).await;
-    assert!(metric_value(&m, "quota_proxy_state_backend_errors_total", &[]) >= 1.0);
-    redis.signal("CONT");
-    // The ten calls admitted locally are added to Redis once it answers again: never lost.
-    let sum = eventually(
-        "usage reconciled into redis",
-        Duration::from_secs(20),
-        || async {
-            let sum = redis.rolling_sum(KEY).await;
-            (sum >= 13.0).then_some(sum)
-        },
-    )
-    .await;
-    // Known over-count (docs/reliability.md): the calls that timed out before the breaker
-    // opened (breaker threshold 3) still sit in Redis's socket buffer, run when it resumes,
-    // and are reconciled from the local engine too. Conservative (never under-counts), bounded.
-    assert!(
-        (13.0..=16.0).contains(&sum),
-        "reconciled usage {sum}: 13 calls, at most 3 timed-out ones counted twice"
-    );
-    println!("redis frozen: reconciled usage {sum} for 13 calls");
-    assert_eq!(up.requests().len(), 13);
-}
-
 // ---------------------------------------------------------------- SIGKILL under load
-
 fn local_state(cfg: &str, dir: &Path, flush: &str) -> String {
     let state = format!(
         "backend = \"local\"\ndir = {}\nflush_interval = {}",
