@@ -297,17 +297,7 @@ async fn bad_heads_on_a_kept_alive_connection_are_refused_too() {
 async fn garbage_after_connect_and_truncated_client_hello_close_cleanly() {
     let ca = TestCa::new("bad input upstream ca");
     let up = MockUpstream::tls(echo(), &ca.issue(&[MOCK_HOST])).await;
-    let cfg = ConfigBuilder::new()
-        .resolve(MOCK_HOST, "127.0.0.1")
-        .extra_roots(ca.pem_path())
-        .provider(
-            "mock",
-            &[
-                ("hosts", &format!("[{}]", toml_str(MOCK_HOST))),
-                ("intercept", "true"),
-                ("upstream", &toml_str(&up.url_for(MOCK_HOST))),
-            ],
-        )
+    let cfg = intercepted_mock(&ca, &up)
         .proxy("header_read_timeout", "\"1s\"")
         .build();
     let mut proxy = Proxy::start(&cfg);

@@ -287,19 +287,7 @@ impl Setup {
     async fn new() -> Setup {
         let ca = TestCa::new("h2 abuse upstream ca");
         let up = MockUpstream::tls(echo(), &ca.issue(&[MOCK_HOST])).await;
-        let cfg = ConfigBuilder::new()
-            .resolve(MOCK_HOST, "127.0.0.1")
-            .extra_roots(ca.pem_path())
-            .provider(
-                "mock",
-                &[
-                    ("hosts", &format!("[{}]", toml_str(MOCK_HOST))),
-                    ("intercept", "true"),
-                    ("route", "\"/mock\""),
-                    ("upstream", &toml_str(&up.url_for(MOCK_HOST))),
-                ],
-            )
-            .build();
+        let cfg = intercepted_mock(&ca, &up).build();
         // Debug logs of every frame would dominate the run: info is enough here.
         let proxy = Proxy::start_with_env(&cfg, &[("QUOTA_PROXY_LOG", "info")]);
         Setup { _ca: ca, up, proxy }

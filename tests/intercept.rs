@@ -20,19 +20,7 @@ impl Setup {
     async fn new(handler: Handler) -> Setup {
         let upstream_ca = TestCa::new("upstream test ca");
         let up = MockUpstream::tls(handler, &upstream_ca.issue(&[MOCK_HOST])).await;
-        let cfg = ConfigBuilder::new()
-            .resolve(MOCK_HOST, "127.0.0.1")
-            .extra_roots(upstream_ca.pem_path())
-            .provider(
-                "mock",
-                &[
-                    ("hosts", &format!("[{}]", toml_str(MOCK_HOST))),
-                    ("intercept", "true"),
-                    ("route", "\"/mock\""),
-                    ("upstream", &toml_str(&up.url_for(MOCK_HOST))),
-                ],
-            )
-            .build();
+        let cfg = intercepted_mock(&upstream_ca, &up).build();
         let proxy = Proxy::start(&cfg);
         Setup {
             upstream_ca,

@@ -41,6 +41,23 @@ pub fn mock_config(up: &MockUpstream) -> ConfigBuilder {
         .simple_provider("mock", MOCK_HOST, &up.url_for(MOCK_HOST))
 }
 
+/// A config whose provider `mock` (host [`MOCK_HOST`], route `/mock`) is intercepted and
+/// forwards to the TLS mock `up`, whose certificate `ca` issued (trusted as an extra root).
+pub fn intercepted_mock(ca: &TestCa, up: &MockUpstream) -> ConfigBuilder {
+    ConfigBuilder::new()
+        .resolve(MOCK_HOST, "127.0.0.1")
+        .extra_roots(ca.pem_path())
+        .provider(
+            "mock",
+            &[
+                ("hosts", &format!("[{}]", toml_str(MOCK_HOST))),
+                ("intercept", "true"),
+                ("route", "\"/mock\""),
+                ("upstream", &toml_str(&up.url_for(MOCK_HOST))),
+            ],
+        )
+}
+
 /// `http://api.mock.test:PORT{path}` for the plain mock `up`.
 pub fn mock_url(up: &MockUpstream, path: &str) -> String {
     format!("{}{path}", up.url_for(MOCK_HOST))
