@@ -223,19 +223,6 @@ fn local_state(cfg: &str, dir: &Path, flush: &str) -> String {
     cfg.replace("backend = \"memory\"", &state)
 }
 
-async fn used(admin: SocketAddr, limit: &str) -> f64 {
-    let (status, body) = admin_get(admin, "/status/mock").await;
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["providers"]["mock"]["limits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["name"] == limit)
-        .and_then(|l| l["used"].as_f64())
-        .unwrap_or(0.0)
-}
-
 /// Clients sending requests on new connections until `stop` or a failure (the proxy died);
 /// returns (attempts, completion instants of the successes).
 async fn load_until(
@@ -297,7 +284,7 @@ async fn sigkill_under_load_twenty_times_restores_the_last_flush_every_time() {
     let (mut lost, mut staleness) = (Vec::new(), Vec::new());
     for round in 0..20 {
         let mut proxy = Proxy::start(&cfg);
-        let restored = used(proxy.admin_addr, "rpm").await;
+        let restored = limit_used(proxy.admin_addr, "rpm").await;
         assert_eq!(
             restored, on_disk,
             "round {round}: the state file written before the kill is restored exactly"
@@ -333,7 +320,7 @@ async fn sigkill_under_load_twenty_times_restores_the_last_flush_every_time() {
         on_disk = saved;
     }
     let proxy = Proxy::start(&cfg);
-    assert_eq!(used(proxy.admin_addr, "rpm").await, on_disk);
+    assert_eq!(limit_used(proxy.admin_addr, "rpm").await, on_disk);
     println!(
         "sigkill x20 under load: {attempts} attempts, {} reached the upstream, {on_disk} restored \
          at the end; per kill: calls lost {lost:?}, age of the last flush {staleness:?}",

@@ -36,19 +36,6 @@ timezone = "Europe/Berlin"
 action = "reject"
 "#;
 
-async fn used(proxy: &Proxy, limit: &str) -> f64 {
-    let (status, body) = admin_get(proxy.admin_addr, "/status/mock").await;
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["providers"]["mock"]["limits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["name"] == limit)
-        .and_then(|l| l["used"].as_f64())
-        .unwrap_or(0.0)
-}
-
 async fn calls(proxy: &Proxy, n: usize) {
     for _ in 0..n {
         let r = route(proxy.proxy_addr, "GET", "/mock/x", &[], Bytes::new()).await;
@@ -70,10 +57,14 @@ async fn a_clean_restart_inside_the_window_continues_the_count() {
         .is_some_and(|s| s.success()));
 
     let proxy = Proxy::start(&cfg);
-    assert_eq!(used(&proxy, "rpm").await, 3.0, "a clean stop loses nothing");
-    assert_eq!(used(&proxy, "daily").await, 3.0);
+    assert_eq!(
+        limit_used(proxy.admin_addr, "rpm").await,
+        3.0,
+        "a clean stop loses nothing"
+    );
+    assert_eq!(limit_used(proxy.admin_addr, "daily").await, 3.0);
     calls(&proxy, 2).await;
-    assert_eq!(used(&proxy, "daily").await, 5.0);
+    assert_eq!(limit_used(proxy.admin_addr, "daily").await, 5.0);
     let (_, history) = admin_get(proxy.admin_addr, "/history?provider=mock&range=1h").await;
     assert!(
         history.contains("\"requests\":5"),
@@ -90,7 +81,7 @@ async fn sigkill_loses_at_most_one_flush_interval_every_time() {
     for round in 0..8 {
         let mut proxy = Proxy::start(&cfg);
         assert_eq!(
-            used(&proxy, "rpm").await,
+            limit_used(proxy.admin_addr, "rpm").await,
             total,
             "round {round}: restored count"
         );
@@ -112,7 +103,7 @@ async fn sigkill_loses_at_most_one_flush_interval_every_time() {
         proxy.wait_exit(Duration::from_secs(5)).await;
     }
     let proxy = Proxy::start(&cfg);
-    assert_eq!(used(&proxy, "rpm").await, total);
+    assert_eq!(limit_used(proxy.admin_addr, "rpm").await, total);
     assert_eq!(up.requests().len(), total as usize);
 }
 

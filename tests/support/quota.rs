@@ -317,6 +317,20 @@ pub fn parse_policy(v: &str) -> Option<(String, f64, f64)> {
 }
 
 /// The admin `/metrics` text (asserting 200).
+/// `used` of limit `limit` of provider `mock` in the admin `/status` (0 when not listed).
+pub async fn limit_used(admin: std::net::SocketAddr, limit: &str) -> f64 {
+    let (status, body) = admin_get(admin, "/status/mock").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("status is JSON");
+    v["providers"]["mock"]["limits"]
+        .as_array()
+        .expect("limits")
+        .iter()
+        .find(|l| l["name"] == limit)
+        .and_then(|l| l["used"].as_f64())
+        .unwrap_or(0.0)
+}
+
 pub async fn metrics_text(admin: std::net::SocketAddr) -> String {
     let (status, body) = admin_get(admin, "/metrics").await;
     assert_eq!(status, 200, "{body}");
