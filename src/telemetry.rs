@@ -68,6 +68,10 @@ fn describe() {
         "Connections refused because max_connections was reached."
     );
     describe_counter!(
+        "quota_proxy_connections_parked_total",
+        "Idle HTTP/1.1 keep-alive connections parked: their buffers freed until the next request."
+    );
+    describe_counter!(
         "quota_proxy_header_timeouts_total",
         "Connections closed because the request head did not arrive within header_read_timeout."
     );

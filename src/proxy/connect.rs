@@ -3,12 +3,15 @@
 
 use std::sync::Arc;
 
-use http::{Request, Response, StatusCode};
+use std::future::Future;
+
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
+use super::handoff::BoxIo;
 use super::{
     count, error, headers, split_authority, Body, ConnInfo, Intercepted, ProxyError, Runtime,
     Shared,
@@ -72,33 +75,16 @@ pub async fn handle(
         };
         let (shared2, peer) = (shared.clone(), conn.peer);
         let span = tracing::debug_span!("intercept", %host, port, provider = %p.name);
-        shared.tracker.spawn(
-            async move {
-                match hyper::upgrade::on(req).await {
-                    Ok(upgraded) => {
-                        super::intercept::serve(TokioIo::new(upgraded), peer, icpt, leaves, shared2)
-                            .await
-                    }
-                    Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
-                }
-            }
-            .instrument(span),
-        );
+        after_ok(shared, conn, req, span, move |io| {
+            super::intercept::serve(io, peer, icpt, leaves, shared2)
+        });
         return Ok(ok_response());
     }
     let check_private = provider.is_none() && !config.proxy.allow_private_destinations;
     let upstream = super::forward::connect_tcp(config, &host, port, check_private).await?;
     count(&label, "tunneled");
     let span = tracing::debug_span!("tunnel", %host, port, provider = %label);
-    shared.tracker.spawn(
-        async move {
-            match hyper::upgrade::on(req).await {
-                Ok(upgraded) => tunnel(TokioIo::new(upgraded), upstream).await,
-                Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
-            }
-        }
-        .instrument(span),
-    );
+    after_ok(shared, conn, req, span, move |io| tunnel(io, upstream));
     Ok(ok_response())
 }
 
@@ -108,7 +94,36 @@ fn ok_response() -> Response<Body> {
     resp
 }
 
-async fn tunnel(mut client: TokioIo<hyper::upgrade::Upgraded>, mut upstream: TcpStream) {
+/// Runs `serve` on the client's stream once the 200 is written: for HTTP/1.1 the listener
+/// runs it on the raw stream ([`ConnInfo::handoff`]); for HTTP/2 (extended CONNECT) it
+/// waits for hyper's upgrade.
+fn after_ok<F, Fut>(
+    shared: &Arc<Shared>,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    span: Span,
+    serve: F,
+) where
+    F: FnOnce(BoxIo) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    if req.version() == Version::HTTP_2 {
+        shared.tracker.spawn(
+            async move {
+                match hyper::upgrade::on(req).await {
+                    Ok(upgraded) => serve(Box::new(TokioIo::new(upgraded))).await,
+                    Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+                }
+            }
+            .instrument(span),
+        );
+    } else {
+        conn.handoff
+            .set(Box::new(move |io| Box::pin(serve(io).instrument(span))));
+    }
+}
+
+async fn tunnel(mut client: BoxIo, mut upstream: TcpStream) {
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((up, down)) => tracing::debug!(bytes_up = up, bytes_down = down, "tunnel closed"),
         Err(e) => tracing::debug!(error = %e, "tunnel ended with an error"),

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_rustls::LazyConfigAcceptor;
 
@@ -47,10 +47,7 @@ async fn serve_inner<S>(
     let io = Rewind::new(first.clone().freeze(), io);
     if first[0] != 0x16 {
         icpt.tls = false;
-        let conn = Arc::new(ConnInfo {
-            peer,
-            intercepted: Some(icpt),
-        });
+        let conn = Arc::new(ConnInfo::new(peer, Some(icpt)));
         return serve_stream(io, conn, shared).await;
     }
     let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
@@ -91,9 +88,6 @@ async fn serve_inner<S>(
         Err(_) => return,
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let conn = Arc::new(ConnInfo {
-        peer,
-        intercepted: Some(icpt),
-    });
-    serve_http(tls, h2, conn, shared).await;
+    let conn = Arc::new(ConnInfo::new(peer, Some(icpt)));
+    serve_http(tls, Bytes::new(), h2, conn, shared).await;
 }

@@ -8,6 +8,7 @@ mod body;
 mod connect;
 pub mod error;
 mod forward;
+pub mod handoff;
 pub mod headers;
 mod intercept;
 mod metered;
@@ -44,12 +45,24 @@ pub struct Shared {
 }
 
 /// What the connection a request arrived on is.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     /// For requests inside an intercepted CONNECT: the CONNECT host and port, and the client
     /// name and proxy password given on the CONNECT.
     pub intercepted: Option<Intercepted>,
+    /// An HTTP/1.1 CONNECT's tunnel, run by the listener once the 200 is written.
+    pub handoff: handoff::Handoff,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, intercepted: Option<Intercepted>) -> Self {
+        ConnInfo {
+            peer,
+            intercepted,
+            handoff: handoff::Handoff::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

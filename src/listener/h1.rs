@@ -1,0 +1,223 @@
+//! HTTP/1.1 serving, with idle keep-alive connections parked.
+//!
+//! A hyper HTTP/1 connection keeps an 8 KiB read buffer, an 8 KiB write buffer, its timer and
+//! its state for as long as it lives, so an idle keep-alive client would cost about 25 KiB.
+//! Instead a connection is served in segments: a hyper connection serves requests until the
+//! client has sent none for [`PARK_AFTER`] to twice that with no response open; then it is
+//! shut down gracefully *without* closing the socket (hyper hands the stream and any bytes read
+//! ahead back), and the stream waits for its next request with no buffer at all. The next
+//! request head starts a new segment. Responses are never changed by this: hyper is only
+//! asked to stop while it is idle, so no response gets a `Connection: close`.
+//!
+//! Without hyper's upgrade machinery, a CONNECT's tunnel is handed the raw stream here (the
+//! job waits in [`ConnInfo::handoff`] until the 200 is written).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::{read_head, refuse_head, Rewind, Sniff};
+use crate::proxy::{self, Body, BoxError, ConnInfo, Shared};
+
+/// How long a keep-alive connection must carry no request before it is parked (it is parked
+/// after between one and two of these).
+pub const PARK_AFTER: Duration = Duration::from_millis(250);
+
+/// Serves HTTP/1.1 on `io` (after `prefix`, bytes already read) until the client closes, an
+/// error, a CONNECT tunnel ends, or shutdown.
+pub async fn serve<I>(mut io: I, mut prefix: Bytes, conn: Arc<ConnInfo>, shared: Arc<Shared>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::default());
+    loop {
+        // Boxed: a parked connection's task then holds no room for a hyper connection.
+        let (parked, rest) = match Box::pin(segment(io, prefix, &conn, &shared, &activity)).await {
+            Some(parked) => parked,
+            None => return,
+        };
+        io = parked;
+        let config = shared.runtime.load().config.clone();
+        // hyper's header_read_timeout is also its keep-alive idle limit; a parked connection
+        // keeps the same limit, counted from when it went quiet.
+        let wait = config.proxy.header_read_timeout.saturating_sub(PARK_AFTER);
+        let mut shutdown = shared.shutdown.clone();
+        let head = tokio::select! {
+            head = read_head(&mut io, rest, wait, config.proxy.max_header_bytes, true) => head,
+            _ = proxy::stopped(&mut shutdown) => None,
+        };
+        match head {
+            Some((buf, Sniff::Http1)) => prefix = buf.freeze(),
+            Some((buf, other)) => return refuse_head(Rewind::new(buf.freeze(), io), other).await,
+            None => return close(io).await,
+        }
+    }
+}
+
+/// Requests seen and responses not yet finished on one client connection.
+#[derive(Default)]
+struct Activity {
+    requests: AtomicU64,
+    open: AtomicUsize,
+}
+
+/// Counts a response open from its request until hyper drops its body.
+struct Open(Arc<Activity>);
+
+impl Open {
+    fn start(activity: &Arc<Activity>) -> Self {
+        activity.requests.fetch_add(1, Ordering::Relaxed);
+        activity.open.fetch_add(1, Ordering::Relaxed);
+        Open(activity.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The response body with its [`Open`] count.
+struct Tracked {
+    inner: Body,
+    _open: Open,
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+type Served = Pin<Box<dyn Future<Output = Result<Response<Tracked>, Infallible>> + Send>>;
+
+/// One hyper connection's life on the stream. `Some` when it was parked: the stream and the
+/// bytes read ahead of the next request.
+async fn segment<I>(
+    io: I,
+    prefix: Bytes,
+    conn: &Arc<ConnInfo>,
+    shared: &Arc<Shared>,
+    activity: &Arc<Activity>,
+) -> Option<(I, BytesMut)>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let config = shared.runtime.load().config.clone();
+    let (shared2, conn2, activity2) = (shared.clone(), conn.clone(), activity.clone());
+    let service = service_fn(move |req: Request<Incoming>| -> Served {
+        let open = Open::start(&activity2);
+        let served = proxy::handle(shared2.clone(), conn2.clone(), req);
+        Box::pin(async move {
+            let resp = served.await?;
+            Ok(resp.map(|inner| Tracked { inner, _open: open }))
+        })
+    });
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(config.proxy.header_read_timeout)
+        .max_buf_size(config.proxy.max_header_bytes.max(8192))
+        .max_headers(256)
+        .keep_alive(true);
+    let mut http = Box::new(b.serve_connection(TokioIo::new(Rewind::new(prefix, io)), service));
+
+    let mut shutdown = shared.shutdown.clone();
+    let stop = proxy::stopped(&mut shutdown);
+    tokio::pin!(stop);
+    let tick = tokio::time::sleep(PARK_AFTER);
+    tokio::pin!(tick);
+    let mut seen = activity.requests.load(Ordering::Relaxed);
+    let mut state = State::Serving;
+    let result = std::future::poll_fn(|cx| loop {
+        if let Poll::Ready(r) = http.poll_without_shutdown(cx) {
+            return Poll::Ready(r);
+        }
+        match state {
+            State::Serving => {
+                if stop.as_mut().poll(cx).is_ready() {
+                    state = State::Closing;
+                    Pin::new(&mut *http).graceful_shutdown();
+                    continue;
+                }
+                if tick.as_mut().poll(cx).is_ready() {
+                    let now = activity.requests.load(Ordering::Relaxed);
+                    if now == seen && activity.open.load(Ordering::Relaxed) == 0 {
+                        state = State::Parking;
+                        Pin::new(&mut *http).graceful_shutdown();
+                        continue;
+                    }
+                    seen = now;
+                    tick.as_mut()
+                        .reset(tokio::time::Instant::now() + PARK_AFTER);
+                    continue;
+                }
+            }
+            // Asked to stop while idle, it did not finish at once: it was not idle after all
+            // (a response still flushing, a body still draining). It closes when done, as any
+            // connection told to stop.
+            State::Parking => state = State::Closing,
+            State::Closing => {}
+        }
+        return Poll::Pending;
+    })
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
+        return None;
+    }
+    let parts = http.into_parts();
+    let (rest, io) = parts.io.into_inner().into_parts();
+    let mut ahead = BytesMut::from(&parts.read_buf[..]);
+    ahead.extend_from_slice(&rest);
+    if let Some(job) = conn.handoff.take() {
+        job(Box::new(Rewind::new(ahead.freeze(), io))).await;
+        return None;
+    }
+    if state == State::Parking {
+        metrics::counter!("quota_proxy_connections_parked_total").increment(1);
+        return Some((io, ahead));
+    }
+    close(io).await;
+    None
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    Serving,
+    /// Told to stop because it looked idle; parked if it stops in the same poll.
+    Parking,
+    /// Told to stop (shutdown, or parking found it busy): the stream closes after.
+    Closing,
+}
+
+/// Ends the stream as hyper would have: a write shutdown (TCP FIN, TLS close_notify).
+async fn close<I: AsyncWrite + Unpin>(mut io: I) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+}
