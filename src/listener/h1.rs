@@ -146,7 +146,8 @@ where
     b.timer(TokioTimer::new())
         .header_read_timeout(config.proxy.header_read_timeout)
         .max_buf_size(config.proxy.max_header_bytes.max(8192))
-        .max_headers(256)
+        // hyper's default header count (100, as the first-head check uses): any other value
+        // makes hyper allocate and fill a header array on every request.
         .keep_alive(true);
     let mut http = Box::new(b.serve_connection(TokioIo::new(Rewind::new(prefix, io)), service));
 
