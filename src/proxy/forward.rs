@@ -226,7 +226,7 @@ fn destination(
             }
         };
         let default_port = if https { 443 } else { 80 };
-        let (host, port) = split_authority(authority.as_str(), default_port)
+        let (host, port) = super::split_parsed_authority(authority, default_port)
             .ok_or_else(|| ProxyError::BadRequest(format!("invalid authority {authority:?}")))?;
         // Every Host header: a second request on a kept-alive connection is not sniffed.
         // The usual case, a Host header spelling the URI's authority, needs no parsing.

@@ -99,18 +99,28 @@ pub async fn handle(
 /// `host[:port]` split, with IPv6 brackets removed and the host lower-cased.
 pub fn split_authority(authority: &str, default_port: u16) -> Option<(String, u16)> {
     let uri_auth: http::uri::Authority = authority.parse().ok()?;
+    split_parsed_authority(&uri_auth, default_port)
+}
+
+/// [`split_authority`] of an authority already parsed (a request URI's): no second parse.
+pub fn split_parsed_authority(
+    uri_auth: &http::uri::Authority,
+    default_port: u16,
+) -> Option<(String, u16)> {
     if uri_auth.as_str().contains('@') {
         return None;
     }
     let host = uri_auth
         .host()
         .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
+        .trim_end_matches(']');
     if host.is_empty() {
         return None;
     }
-    Some((host, uri_auth.port_u16().unwrap_or(default_port)))
+    Some((
+        host.to_ascii_lowercase(),
+        uri_auth.port_u16().unwrap_or(default_port),
+    ))
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host` (CONNECT is let off, as
