@@ -131,7 +131,12 @@ impl ProviderState {
     /// and the would-be refusal is kept in [`Reservation::shadow_verdict`].
     pub fn try_admit(&mut self, demand: &Demand<'_>, now: Micros) -> Admission {
         let mut items = self.take_items();
-        let verdict = self.decide(demand, now, &mut items);
+        let verdict = if self.fits_now(demand, now, &mut items) {
+            None
+        } else {
+            items.clear();
+            self.decide(demand, now, &mut items)
+        };
         let shadow_verdict = match verdict {
             None => None,
             Some(v) if self.spec.shadow => Some(Box::new(v)),
@@ -156,6 +161,44 @@ impl ProviderState {
         let verdict = self.decide(demand, now, &mut items);
         self.recycle(items);
         verdict
+    }
+
+    /// The common case of [`decide`](Self::decide), without its bookkeeping: `true` when
+    /// every applicable limit has room now (then `items` is exactly what `decide` would
+    /// fill). `false` when one has not, or when a client-share limit applies: the caller
+    /// clears `items` and asks `decide` for the full answer. Counts nothing.
+    #[inline]
+    fn fits_now(&mut self, d: &Demand<'_>, now: Micros, items: &mut Vec<Item>) -> bool {
+        for ei in 0..self.entries.len() {
+            let e = &self.entries[ei];
+            let Some(sid) = scope_id(e, d) else {
+                continue;
+            };
+            let cost = d.costs.get(e.spec.unit);
+            if cost <= 0.0 {
+                continue;
+            }
+            if e.shared {
+                return false;
+            }
+            let slot = match e.provider_slot {
+                Some(s) if e.spec.scope == Scope::Provider => s,
+                _ => self.slot_for(ei, sid),
+            };
+            let e = &self.entries[ei];
+            let s = &mut self.slots[slot as usize];
+            let cap = s.meter.capacity(e.spec.amount) * (1.0 - e.spec.reserve.fraction(d.priority));
+            if !s.meter.fit(cost, cap, now).is_now() {
+                return false;
+            }
+            items.push(Item {
+                slot,
+                cost,
+                tag: 0,
+                group: NO_GROUP,
+            });
+        }
+        true
     }
 
     /// Fills `items` with every applicable limit+scope and its cost; returns the refusal,

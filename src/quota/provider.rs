@@ -93,6 +93,7 @@ impl ProviderHandle {
     }
 
     /// Runs `f` on the state, then reports warnings outside the lock.
+    #[inline]
     fn with_state<R>(&self, f: impl FnOnce(&mut ProviderState) -> R) -> R {
         let mut state = self.lock();
         let out = f(&mut state);
@@ -242,6 +243,15 @@ impl Provider {
     /// the queue.
     pub fn try_admit(&self, demand: &Demand<'_>) -> Result<Permit, Refusal> {
         let now = self.0.shared.clock.now();
+        if demand.keys.is_empty() {
+            // The common case of `attempt`, building the permit straight from the state's
+            // answer (the provider's delay policy does not matter here).
+            return match self.0.with_state(|s| s.try_admit(demand, now)) {
+                Admission::Admitted(r) => Ok(Permit::new(Arc::clone(&self.0), r, 0)),
+                Admission::Wait(w) => Err(limited(w, now)),
+                Admission::TooLarge(t) => Err(Refusal::TooLarge(t)),
+            };
+        }
         match self.0.attempt(demand, now) {
             Attempt::Admitted(r, k) => Ok(Permit::new(Arc::clone(&self.0), r, 0).with_key(k)),
             Attempt::Wait(w, _) => Err(limited(w, now)),

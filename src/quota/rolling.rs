@@ -22,6 +22,8 @@ pub struct RollingWindow {
     ring: Box<[f64]>,
     /// Absolute index (`time / width`) of the newest bucket.
     head: u64,
+    /// Its place in the ring (`head % (n + 1)`, kept to spare a division per add).
+    head_slot: usize,
     /// End of the newest bucket: before it, `advance` has nothing to do (no division).
     head_end: Micros,
     /// Sum of the ring (all of it is counted at `head`).
@@ -42,6 +44,7 @@ impl RollingWindow {
             n,
             ring: vec![0.0; (n + 1) as usize].into_boxed_slice(),
             head: 0,
+            head_slot: 0,
             head_end: width,
             sum: 0.0,
         }
@@ -75,6 +78,7 @@ impl RollingWindow {
             }
         }
         self.head = b;
+        self.head_slot = self.slot(b);
         self.head_end = (b + 1).saturating_mul(self.width);
         self.sum = self.ring.iter().sum();
     }
@@ -112,7 +116,7 @@ impl RollingWindow {
     #[inline]
     pub fn add(&mut self, cost: f64, now: Micros) -> BucketId {
         self.advance(now);
-        let i = self.slot(self.head);
+        let i = self.head_slot;
         self.ring[i] += cost;
         self.sum += cost;
         self.head
@@ -125,7 +129,11 @@ impl RollingWindow {
         if bucket > self.head || bucket + self.n < self.head {
             return;
         }
-        let i = self.slot(bucket);
+        let i = if bucket == self.head {
+            self.head_slot
+        } else {
+            self.slot(bucket)
+        };
         let old = self.ring[i];
         let new = (old + delta).max(0.0);
         self.ring[i] = new;
@@ -206,6 +214,19 @@ mod tests {
         assert_eq!((w.width, w.n), (1, 10));
         let w = RollingWindow::new(0);
         assert_eq!((w.width, w.n), (1, 1));
+    }
+
+    #[test]
+    fn head_slot_follows_the_head() {
+        let mut w = RollingWindow::new(64 * SECOND); // 1 s buckets, ring of 65
+        for step in [0, 1, 3, 64, 65, 200, 1_000] {
+            let t = T0 + step * SECOND;
+            let b = w.add(1.0, t);
+            assert_eq!(w.head_slot, w.slot(w.head), "step {step}");
+            assert_eq!(b, t / SECOND);
+            w.adjust(b, 1.0, t);
+            assert_eq!(w.ring[w.slot(b)], 2.0, "step {step}");
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use crate::quota::admission::check_warn;
 use crate::quota::clock::Micros;
+use crate::quota::meter::Meter;
 use crate::quota::reservation::{Reservation, NO_GROUP};
 use crate::quota::state::ProviderState;
 use crate::quota::unit::Costs;
@@ -43,7 +44,10 @@ impl ProviderState {
             let s = &mut self.slots[slot];
             let e = &self.entries[s.entry as usize];
             let actual = actual.map_or(0.0, |c| c.get(e.spec.unit));
-            s.meter.settle(item.tag, item.cost, actual, now);
+            // An exact estimate changes no counter (concurrency is still released).
+            if actual != item.cost || matches!(s.meter, Meter::Concurrent(_)) {
+                s.meter.settle(item.tag, item.cost, actual, now);
+            }
             s.outstanding = s.outstanding.saturating_sub(1);
             if let (Some(book), true) = (&mut s.book, item.group != NO_GROUP && same_generation) {
                 if book.period == item.tag {
