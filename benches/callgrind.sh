@@ -3,11 +3,12 @@
 # tenths of a percent even on a busy shared machine, so it is the figure to compare before
 # and after a change to the request path (CPU times swing ±25% here).
 #
-#   bash benches/callgrind.sh [MODE ...]     # modes: forward (default), quotas, route
+#   bash benches/callgrind.sh [MODE ...]     # modes: forward (default), quotas, route, newconn
 #
 #   forward  absolute-form request to a configured provider, no limits
 #   quotas   the same with three request limits (second, minute, day)
 #   route    route mode (origin-form /bench/...), no limits
+#   newconn  as forward, but a new client connection per request (hey -disable-keepalive)
 #
 # For each mode the release proxy runs under `valgrind --tool=callgrind` twice, serving
 # N1 then N2 keep-alive requests (hey, 10 connections) from the mock upstream
@@ -95,7 +96,9 @@ count_ir() { # MODE N
   fi
   # One probe first, so lazily built state is not charged to the counted requests alone.
   curl -fsS "${proxy[@]}" "$url" >/dev/null
-  hey -n "$n" -c 10 "${proxy[@]}" "$url" >"$out.hey"
+  local fresh=()
+  [[ $mode == newconn ]] && fresh=(-disable-keepalive)
+  hey -n "$n" -c 10 "${fresh[@]}" "${proxy[@]}" "$url" >"$out.hey"
   grep -q "\[200\].*$n responses" "$out.hey" || { echo "not every request succeeded: $(cat "$out.hey")" >&2; exit 1; }
   kill -TERM "$pid"
   wait "$pid" || true
