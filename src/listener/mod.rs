@@ -61,7 +61,10 @@ pub async fn serve_proxy(listener: TcpListener, shared: Arc<Shared>) {
             ));
             continue;
         };
-        let span = tracing::info_span!("conn", %peer);
+        // Debug level: at the default level a span per connection cost more than accepting
+        // the connection (its fields are formatted when it is created); the few warnings
+        // raised inside a connection name the peer themselves.
+        let span = tracing::debug_span!("conn", %peer);
         let shared2 = shared.clone();
         shared.tracker.spawn(
             async move {

@@ -64,7 +64,7 @@ async fn serve_inner<S>(
     if let Some(sni) = start.client_hello().server_name() {
         let sni = sni.trim_end_matches('.');
         if !sni.eq_ignore_ascii_case(&icpt.host) {
-            tracing::warn!(sni, connect = %icpt.host, "TLS SNI does not match the CONNECT host; connection refused");
+            tracing::warn!(%peer, sni, connect = %icpt.host, "TLS SNI does not match the CONNECT host; connection refused");
             metrics::counter!("quota_proxy_tls_handshake_errors_total", "reason" => "sni_mismatch")
                 .increment(1);
             return;
@@ -73,7 +73,7 @@ async fn serve_inner<S>(
     let config = match leaves.get(&icpt.host) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(host = %icpt.host, error = %e, "cannot mint a leaf certificate");
+            tracing::error!(%peer, host = %icpt.host, error = %e, "cannot mint a leaf certificate");
             return;
         }
     };
