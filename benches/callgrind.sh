@@ -3,12 +3,14 @@
 # tenths of a percent even on a busy shared machine, so it is the figure to compare before
 # and after a change to the request path (CPU times swing ±25% here).
 #
-#   bash benches/callgrind.sh [MODE ...]     # modes: forward (default), quotas, route, newconn
+#   bash benches/callgrind.sh [MODE ...]     # modes: forward (default), quotas, route, newconn, redis
 #
 #   forward  absolute-form request to a configured provider, no limits
 #   quotas   the same with three request limits (second, minute, day)
 #   route    route mode (origin-form /bench/...), no limits
 #   newconn  as forward, but a new client connection per request (hey -disable-keepalive)
+#   redis    as quotas, with the Redis backend (REDIS_URL, default redis://127.0.0.1:6379,
+#            under a prefix of its own)
 #
 # For each mode the release proxy runs under `valgrind --tool=callgrind` twice, serving
 # N1 then N2 keep-alive requests (hey, 10 connections) from the mock upstream
@@ -56,14 +58,21 @@ allow_private_destinations = true
 listen = "127.0.0.1:0"
 
 [state]
-backend = "memory"
+EOF
+  if [[ $1 == redis ]]; then
+    printf 'backend = "redis"\nredis_url = "%s"\nredis_prefix = "callgrind-%s"\n' \
+      "${REDIS_URL:-redis://127.0.0.1:6379}" "$$-$RANDOM"
+  else
+    printf 'backend = "memory"\n'
+  fi
+  cat <<EOF
 
 [providers.bench]
 hosts = ["$UP_ADDR"]
 route = "/bench"
 upstream = "http://$UP_ADDR"
 EOF
-  if [[ $1 == quotas ]]; then
+  if [[ $1 == quotas || $1 == redis ]]; then
     local spec
     for spec in "per-second 100000000 1s" "per-minute 1000000000 1m" "per-day 100000000000 1d"; do
       read -r name amount window <<<"$spec"

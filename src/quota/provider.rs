@@ -41,6 +41,9 @@ pub(crate) struct ProviderHandle {
     state: Mutex<ProviderState>,
     pub(crate) queue: DelayQueue,
     pub(crate) shared: Arc<Shared>,
+    /// The Redis hash tag of this provider's keys, built at its first shared admission (the
+    /// backend, and so its prefix, is set once).
+    pub(crate) redis_tag: OnceLock<String>,
 }
 
 impl fmt::Debug for ProviderHandle {
@@ -81,6 +84,7 @@ impl ProviderHandle {
             state: Mutex::new(ProviderState::new(spec)),
             queue: DelayQueue::default(),
             shared: Arc::clone(shared),
+            redis_tag: OnceLock::new(),
         })
     }
 

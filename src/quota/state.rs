@@ -33,6 +33,8 @@ pub(crate) struct Entry {
     pub shared: bool,
     pub provider_slot: Option<u32>,
     pub by_scope: HashMap<Box<str>, u32>,
+    /// The Redis hash tag and this limit's counter key prefix under it (built once).
+    pub redis_prefix: std::sync::OnceLock<(String, String)>,
 }
 
 impl Entry {
@@ -81,6 +83,7 @@ fn entries_of(spec: &ProviderSpec) -> Vec<Entry> {
         except_keys: Vec::new(),
         provider_slot: None,
         by_scope: HashMap::new(),
+        redis_prefix: std::sync::OnceLock::new(),
     };
     let mut entries: Vec<Entry> = spec
         .limits

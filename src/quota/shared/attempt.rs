@@ -60,17 +60,16 @@ fn reservation(costs: Costs, now: Micros, ticket: Ticket) -> Reservation {
 
 impl ProviderHandle {
     fn plan(&self, b: &RedisBackend, d: &Demand<'_>, redis_now: Micros, member: &str) -> Vec<Item> {
+        let tag = self
+            .redis_tag
+            .get_or_init(|| super::keys::hash_tag(b.prefix(), self.name()));
         let ctx = PlanCtx {
-            tag: &self.tag(b),
+            tag,
             now: redis_now,
             lease: crate::quota::clock::duration_micros(b.options.lease),
             member,
         };
         self.lock().shared_plan(d, &ctx)
-    }
-
-    fn tag(&self, b: &RedisBackend) -> String {
-        super::keys::hash_tag(b.prefix(), self.name())
     }
 
     /// One demand (no alternatives) through Redis.

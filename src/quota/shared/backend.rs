@@ -17,7 +17,7 @@ use crate::quota::clock::{duration_micros, Clock, Micros, SECOND};
 use crate::quota::shared::breaker::Breaker;
 pub use crate::quota::shared::options::OnError;
 use crate::quota::shared::options::{BackendError, RedisOptions};
-use crate::quota::shared::plan::{admit_args, Item, Op, Reply};
+use crate::quota::shared::plan::{push_admit_args, Item, Op, Reply};
 
 /// Corrections for one provider (one hash tag, so one cluster slot).
 pub(super) type Batch = Vec<Op>;
@@ -256,9 +256,7 @@ impl RedisBackend {
         for it in items {
             inv.key(&it.key);
         }
-        for a in admit_args(items) {
-            inv.arg(a);
-        }
+        push_admit_args(&mut inv, items);
         let raw: Vec<i64> = self
             .call(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;

@@ -48,18 +48,38 @@ fn window_id(w: &WindowKind) -> String {
 
 /// The key of one limit's counter for one scope id (calendar: without the period).
 pub fn counter_key(tag: &str, spec: &LimitSpec, scope_id: &str) -> String {
-    let scope_id = match spec.scope {
-        Scope::Provider => "",
-        _ => scope_id,
-    };
+    counter_key_after(&counter_prefix(tag, spec), spec, scope_id)
+}
+
+/// The part of a limit's counter keys that does not depend on the scope id (cached per
+/// limit by the plan: building it is most of a key's cost).
+pub fn counter_prefix(tag: &str, spec: &LimitSpec) -> String {
     format!(
-        "{tag}:q:{}:{}:{}:{}:{}",
+        "{tag}:q:{}:{}:{}:{}:",
         escape(&spec.name),
         spec.unit.as_str(),
         escape(&window_id(&spec.window)),
         spec.scope.as_str(),
-        escape(scope_id)
     )
+}
+
+/// [`counter_key`] from the limit's [`counter_prefix`].
+pub fn counter_key_after(prefix: &str, spec: &LimitSpec, scope_id: &str) -> String {
+    let scope_id = match spec.scope {
+        Scope::Provider => "",
+        _ => scope_id,
+    };
+    let mut key = String::with_capacity(prefix.len() + scope_id.len());
+    key.push_str(prefix);
+    if scope_id
+        .chars()
+        .any(|c| matches!(c, '{' | '}' | ':' | '%') || c.is_whitespace() || c.is_control())
+    {
+        key.push_str(&escape(scope_id));
+    } else {
+        key.push_str(scope_id);
+    }
+    key
 }
 
 /// The key of a calendar counter for the period starting at `start`.

@@ -7,7 +7,7 @@ use crate::quota::calendar::period_bounds;
 use crate::quota::clock::{Micros, SECOND};
 use crate::quota::fit::non_negative;
 use crate::quota::rolling::BUCKETS;
-use crate::quota::shared::keys::{counter_key, period_key};
+use crate::quota::shared::keys::{counter_key_after, counter_prefix, period_key};
 use crate::quota::spec::{LimitSpec, Scope, WindowKind};
 use crate::quota::state::ProviderState;
 use crate::quota::status::Headroom;
@@ -209,7 +209,15 @@ impl ProviderState {
             if cost <= 0.0 {
                 continue;
             }
-            let (kind, key, capacity) = counter_of(spec, sid, ctx);
+            let (tag, prefix) = e
+                .redis_prefix
+                .get_or_init(|| (ctx.tag.to_string(), counter_prefix(ctx.tag, spec)));
+            let prefix = if tag == ctx.tag {
+                std::borrow::Cow::Borrowed(prefix.as_str())
+            } else {
+                std::borrow::Cow::Owned(counter_prefix(ctx.tag, spec))
+            };
+            let (kind, key, capacity) = counter_of_after(&prefix, spec, sid, ctx);
             // `e.shared`: a provider-scope calendar limit of a provider with shares.
             let share = share
                 .as_ref()
@@ -239,8 +247,18 @@ pub(crate) fn counter_of(
     scope_id: &str,
     ctx: &PlanCtx<'_>,
 ) -> (Kind, String, f64) {
+    counter_of_after(&counter_prefix(ctx.tag, spec), spec, scope_id, ctx)
+}
+
+/// [`counter_of`] with the limit's key prefix already built.
+fn counter_of_after(
+    prefix: &str,
+    spec: &LimitSpec,
+    scope_id: &str,
+    ctx: &PlanCtx<'_>,
+) -> (Kind, String, f64) {
     let amount = non_negative(spec.amount);
-    let counter = counter_key(ctx.tag, spec, scope_id);
+    let counter = counter_key_after(prefix, spec, scope_id);
     match spec.window {
         _ if spec.unit == Unit::Concurrent => (concurrent(ctx), counter, amount),
         WindowKind::None => (concurrent(ctx), counter, amount),
@@ -270,33 +288,38 @@ fn concurrent(ctx: &PlanCtx<'_>) -> Kind {
     }
 }
 
-/// The admission script's arguments after `ARGV[1]` (5 per item).
-pub(crate) fn admit_args(items: &[Item]) -> Vec<String> {
-    let mut out = Vec::with_capacity(1 + items.len() * 5);
-    out.push(items.len().to_string());
+/// Appends the admission script's arguments (`ARGV`: the item count, then 6 fields per item
+/// and the share fields) to `inv`. Numbers go in as numbers (redis writes them with itoa and
+/// ryu): building a string per field was most of an admission's client-side cost.
+pub(crate) fn push_admit_args(inv: &mut redis::ScriptInvocation<'_>, items: &[Item]) {
+    inv.arg(items.len());
     for it in items {
-        let (k, p1, p2) = it.kind.args();
+        match &it.kind {
+            Kind::Rolling { width, n } => inv.arg("r").arg(it.cost).arg(it.cap).arg(*width).arg(*n),
+            Kind::Bucket { rate, burst } => {
+                inv.arg("b").arg(it.cost).arg(it.cap).arg(*rate).arg(*burst)
+            }
+            Kind::Calendar { start, end } => {
+                inv.arg("c").arg(it.cost).arg(it.cap).arg(*start).arg(*end)
+            }
+            Kind::Concurrent { lease, member } => inv
+                .arg("k")
+                .arg(it.cost)
+                .arg(it.cap)
+                .arg(*lease)
+                .arg(member.as_str()),
+        };
         let m = it.share.as_ref().map_or(0, |s| 3 + 2 * s.groups.len());
-        out.extend([
-            k.to_string(),
-            it.cost.to_string(),
-            it.cap.to_string(),
-            p1,
-            p2,
-            m.to_string(),
-        ]);
+        inv.arg(m);
         if let Some(s) = &it.share {
-            out.extend([
-                (s.group + 1).to_string(),
-                u8::from(s.borrow).to_string(),
-                it.capacity.to_string(),
-            ]);
+            inv.arg(s.group + 1)
+                .arg(u8::from(s.borrow))
+                .arg(it.capacity);
             for (field, fraction) in &s.groups {
-                out.extend([field.clone(), fraction.to_string()]);
+                inv.arg(field.as_str()).arg(*fraction);
             }
         }
     }
-    out
 }
 
 /// One correction: (key, the 5 adjust-script fields).
