@@ -291,7 +291,7 @@ fn concurrent(ctx: &PlanCtx<'_>) -> Kind {
 /// Appends the admission script's arguments (`ARGV`: the item count, then 6 fields per item
 /// and the share fields) to `inv`. Numbers go in as numbers (redis writes them with itoa and
 /// ryu): building a string per field was most of an admission's client-side cost.
-pub(crate) fn push_admit_args(inv: &mut redis::ScriptInvocation<'_>, items: &[Item]) {
+pub(crate) fn push_admit_args(inv: &mut redis::Cmd, items: &[Item]) {
     inv.arg(items.len());
     for it in items {
         match &it.kind {

@@ -83,6 +83,61 @@ fn plan(state: &ProviderState, costs: Costs, now: u64) -> Vec<super::plan::Item>
 }
 
 #[tokio::test]
+async fn the_admission_script_is_loaded_again_when_redis_forgot_it_and_never_counted_twice() {
+    let srv = server().await;
+    let b = backend(&srv.url).await;
+    let spec = ProviderSpec::new(
+        "p",
+        vec![LimitSpec::new(
+            "rpm",
+            Unit::Requests,
+            3.0,
+            WindowKind::Rolling { len: 60 * SECOND },
+        )],
+    );
+    let items = plan(&ProviderState::new(spec), Costs::default(), 0);
+    let client = redis::Client::open(srv.url.as_str()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let loaded = |c: &mut redis::aio::MultiplexedConnection| {
+        let mut c = c.clone();
+        let hash = b.admit.get_hash().to_string();
+        async move {
+            let found: Vec<bool> = redis::cmd("SCRIPT")
+                .arg("EXISTS")
+                .arg(hash)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            found == [true]
+        }
+    };
+    // Loaded when the backend connected.
+    assert!(loaded(&mut c).await);
+    assert!(matches!(
+        b.admit(&items).await.unwrap(),
+        Reply::Admitted { .. }
+    ));
+    assert!(loaded(&mut c).await);
+    // Redis forgets its scripts (a restart, SCRIPT FLUSH): loaded again, counts go on.
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(!loaded(&mut c).await);
+    assert!(matches!(
+        b.admit(&items).await.unwrap(),
+        Reply::Admitted { .. }
+    ));
+    assert!(matches!(
+        b.admit(&items).await.unwrap(),
+        Reply::Admitted { .. }
+    ));
+    // Three admitted of three: the retried calls were not counted twice.
+    assert!(matches!(b.admit(&items).await.unwrap(), Reply::Wait { .. }));
+}
+
+#[tokio::test]
 async fn rolling_admits_up_to_the_amount_then_names_a_time() {
     let srv = server().await;
     let b = backend(&srv.url).await;
