@@ -187,3 +187,45 @@ async fn a_parked_connection_closes_at_the_idle_limit_and_at_shutdown() {
         "the proxy exits"
     );
 }
+
+#[tokio::test]
+async fn an_intercepted_tls_connection_parks_and_keeps_its_tls_session() {
+    let ca = TestCa::new("park test upstream ca");
+    let up = MockUpstream::tls(echo(), &ca.issue(&[MOCK_HOST])).await;
+    let proxy = Proxy::start(&intercepted_mock(&ca, &up).build());
+    let auth = format!("{MOCK_HOST}:{}", up.port());
+    let tunnel = connect_tunnel(proxy.proxy_addr, &auth).await.unwrap();
+    let roots = roots_from_pem_file(&proxy.dir().join("certs/ca.crt"));
+    let tls = tls_connect_config(
+        tunnel,
+        client_config_for_roots(roots, &["http/1.1"]),
+        MOCK_HOST,
+    )
+    .await
+    .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = |path: &str| {
+        build_request(
+            "POST",
+            path,
+            &[("host", auth.as_str())],
+            bytes::Bytes::from(format!("body of {path}")),
+        )
+    };
+    let first = send_on(&mut sender, req("/v1/one")).await.unwrap();
+    assert_eq!(first.status, 200);
+    let before = wait_parked(proxy.admin_addr, 0.0).await;
+    // The same TLS session carries the next request: parking kept the decrypted stream.
+    let second = send_on(&mut sender, req("/v1/two")).await.unwrap();
+    assert_eq!(second.status, 200);
+    assert_eq!(second.text(), "body of /v1/two");
+    wait_parked(proxy.admin_addr, before).await;
+    let third = send_on(&mut sender, req("/v1/three")).await.unwrap();
+    assert_eq!(third.text(), "body of /v1/three");
+    let paths: Vec<String> = up.requests().iter().map(|r| r.path_and_query()).collect();
+    assert_eq!(paths, ["/v1/one", "/v1/two", "/v1/three"]);
+}
