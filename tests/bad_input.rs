@@ -334,15 +334,7 @@ async fn garbage_after_connect_and_truncated_client_hello_close_cleanly() {
     assert!(proxy.try_exit().is_none(), "the proxy exited");
     assert_no_panic(&proxy);
     // Still serving intercepted calls.
-    let tunnel = connect_tunnel(proxy.proxy_addr, &auth).await.unwrap();
-    let roots = roots_from_pem_file(&proxy.dir().join("certs/ca.crt"));
-    let tls = tls_connect_config(
-        tunnel,
-        client_config_for_roots(roots, &["http/1.1"]),
-        MOCK_HOST,
-    )
-    .await
-    .unwrap();
+    let tls = intercepted_h1_tls(proxy.proxy_addr, proxy.dir(), &auth, MOCK_HOST).await;
     let r = send_h1(
         tls,
         build_request("GET", "/v1/ok", &[("host", &auth)], bytes::Bytes::new()),

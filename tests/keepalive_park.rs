@@ -194,15 +194,7 @@ async fn an_intercepted_tls_connection_parks_and_keeps_its_tls_session() {
     let up = MockUpstream::tls(echo(), &ca.issue(&[MOCK_HOST])).await;
     let proxy = Proxy::start(&intercepted_mock(&ca, &up).build());
     let auth = format!("{MOCK_HOST}:{}", up.port());
-    let tunnel = connect_tunnel(proxy.proxy_addr, &auth).await.unwrap();
-    let roots = roots_from_pem_file(&proxy.dir().join("certs/ca.crt"));
-    let tls = tls_connect_config(
-        tunnel,
-        client_config_for_roots(roots, &["http/1.1"]),
-        MOCK_HOST,
-    )
-    .await
-    .unwrap();
+    let tls = intercepted_h1_tls(proxy.proxy_addr, proxy.dir(), &auth, MOCK_HOST).await;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
             .await

@@ -420,6 +420,27 @@ where
     tls_connect_config(io, ca.client_config(alpn), server_name).await
 }
 
+/// A CONNECT to `authority` through `proxy`, then TLS to `host` trusting the proxy's own CA
+/// (`certs/ca.crt` under `proxy_dir`): an intercepted HTTP/1.1 session.
+pub async fn intercepted_h1_tls(
+    proxy: SocketAddr,
+    proxy_dir: &std::path::Path,
+    authority: &str,
+    host: &str,
+) -> TlsStream<TcpStream> {
+    let tunnel = connect_tunnel(proxy, authority)
+        .await
+        .expect("CONNECT accepted");
+    let roots = super::ca::roots_from_pem_file(&proxy_dir.join("certs/ca.crt"));
+    tls_connect_config(
+        tunnel,
+        super::ca::client_config_for_roots(roots, &["http/1.1"]),
+        host,
+    )
+    .await
+    .expect("TLS with the proxy's leaf")
+}
+
 /// Starts TLS over `io` to `server_name` with a given client config (see [`super::ca`]).
 pub async fn tls_connect_config<I>(
     io: I,

@@ -82,11 +82,9 @@ fn plan(state: &ProviderState, costs: Costs, now: u64) -> Vec<super::plan::Item>
     state.shared_plan(&Demand::new("c", costs), &ctx)
 }
 
-#[tokio::test]
-async fn the_admission_script_is_loaded_again_when_redis_forgot_it_and_never_counted_twice() {
-    let srv = server().await;
-    let b = backend(&srv.url).await;
-    let spec = ProviderSpec::new(
+/// Provider `p` with one limit: 3 requests per rolling minute.
+fn rpm3() -> ProviderSpec {
+    ProviderSpec::new(
         "p",
         vec![LimitSpec::new(
             "rpm",
@@ -94,8 +92,14 @@ async fn the_admission_script_is_loaded_again_when_redis_forgot_it_and_never_cou
             3.0,
             WindowKind::Rolling { len: 60 * SECOND },
         )],
-    );
-    let items = plan(&ProviderState::new(spec), Costs::default(), 0);
+    )
+}
+
+#[tokio::test]
+async fn the_admission_script_is_loaded_again_when_redis_forgot_it_and_never_counted_twice() {
+    let srv = server().await;
+    let b = backend(&srv.url).await;
+    let items = plan(&ProviderState::new(rpm3()), Costs::default(), 0);
     let client = redis::Client::open(srv.url.as_str()).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
     let loaded = |c: &mut redis::aio::MultiplexedConnection| {
@@ -141,16 +145,7 @@ async fn the_admission_script_is_loaded_again_when_redis_forgot_it_and_never_cou
 async fn rolling_admits_up_to_the_amount_then_names_a_time() {
     let srv = server().await;
     let b = backend(&srv.url).await;
-    let spec = ProviderSpec::new(
-        "p",
-        vec![LimitSpec::new(
-            "rpm",
-            Unit::Requests,
-            3.0,
-            WindowKind::Rolling { len: 60 * SECOND },
-        )],
-    );
-    let state = ProviderState::new(spec);
+    let state = ProviderState::new(rpm3());
     let items = plan(&state, Costs::default(), 0);
     assert_eq!(items.len(), 1);
     let mut first = 0;
