@@ -389,10 +389,7 @@ pub async fn connect_tcp(
 }
 
 /// A plain sentence for an upstream client error, with its innermost cause.
-pub(super) fn describe_client_error(
-    authority: &str,
-    e: &hyper_util::client::legacy::Error,
-) -> String {
+pub(super) fn describe_client_error(authority: &str, e: &crate::upstream::UpstreamError) -> String {
     let mut cause: &dyn std::error::Error = e;
     while let Some(next) = cause.source() {
         cause = next;

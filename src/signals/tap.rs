@@ -49,10 +49,11 @@ impl BodyKind {
         let Some(ct) = headers.get(http::header::CONTENT_TYPE) else {
             return BodyKind::Json;
         };
-        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
-        if ct.starts_with("text/event-stream") {
+        let ct = ct.as_bytes();
+        let sse = b"text/event-stream";
+        if ct.len() >= sse.len() && ct[..sse.len()].eq_ignore_ascii_case(sse) {
             BodyKind::Sse
-        } else if ct.contains("json") {
+        } else if ct.windows(4).any(|w| w.eq_ignore_ascii_case(b"json")) {
             BodyKind::Json
         } else {
             BodyKind::Opaque

@@ -1,7 +1,8 @@
-//! The upstream side: one pooled hyper-util client speaking HTTP/1.1 and h2 (by ALPN) over
+//! The upstream side: one pooled client ([`client`]) speaking HTTP/1.1 and h2 (by ALPN) over
 //! rustls with full certificate verification against the webpki roots, the system roots and
 //! `tls.extra_upstream_roots`. Name resolution honours `[proxy.resolve]` overrides.
 
+mod client;
 mod resolver;
 mod tls;
 
@@ -9,18 +10,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+pub use client::{UpstreamClient, UpstreamError};
 pub use resolver::{resolve, OverrideResolver};
 pub use tls::client_config;
 
 use crate::config::Config;
-use crate::proxy::Body;
 
-/// The pooled upstream client.
-pub type UpstreamClient =
-    Client<hyper_rustls::HttpsConnector<HttpConnector<OverrideResolver>>, Body>;
+/// Idle upstream connections are closed after this long.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Connections kept per upstream scheme and authority.
+const POOL_MAX_PER_HOST: usize = 256;
 
 /// Errors building the upstream client (bad extra roots file).
 #[derive(Debug, thiserror::Error)]
@@ -44,11 +44,9 @@ pub fn build_client(config: &Config) -> Result<UpstreamClient, UpstreamSetupErro
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .http2_adaptive_window(true)
-        .build(https))
+    Ok(UpstreamClient::new(
+        https,
+        POOL_IDLE_TIMEOUT,
+        POOL_MAX_PER_HOST,
+    ))
 }

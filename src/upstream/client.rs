@@ -1,0 +1,389 @@
+//! The upstream client: hyper's connection API (`hyper::client::conn`) over a small pool.
+//!
+//! The pool keeps, per scheme and authority, the connections it opened: HTTP/1.1 senders
+//! (one request at a time each) and HTTP/2 senders (shared by every request). A request takes
+//! a sender that is ready *now* (an idle HTTP/1.1 connection, or an open HTTP/2 one), else
+//! opens a connection (TCP, then TLS with ALPN `h2`/`http/1.1` for `https`). An HTTP/1.1
+//! sender goes back to the pool as soon as the request is handed to its connection: it is
+//! busy, and not ready, until its connection has read the whole response and waits for the
+//! next request, so no task is spawned to watch for that moment and nothing is copied.
+//! A request that never left the proxy because its pooled connection had just closed is sent
+//! again on another one.
+//!
+//! Connections unused for `idle_timeout` are dropped at the next checkout of their
+//! authority and by a sweep every [`SWEEP_EVERY`]; at most `max_idle_per_host` are kept.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use http::header::{HeaderValue, HOST};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::OverrideResolver;
+use crate::proxy::{Body, BoxError};
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector<OverrideResolver>>;
+
+/// How often connections unused for the idle timeout are closed.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// A request never reached the upstream this many times in a row (its pooled connection
+/// closed each time): the last error is returned.
+const SEND_ATTEMPTS: usize = 3;
+
+/// An error sending a request upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made (resolution, TCP, TLS or the HTTP handshake).
+    #[error("{0}")]
+    Connect(#[source] BoxError),
+    /// The connection failed while the request was sent or the response read.
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+    /// The request URI has no scheme or authority to connect to.
+    #[error("the request URI names no upstream")]
+    NoAuthority,
+}
+
+impl UpstreamError {
+    /// Whether no connection was made, so nothing of the request reached the upstream.
+    pub fn is_connect(&self) -> bool {
+        !matches!(self, UpstreamError::Http(_))
+    }
+}
+
+/// The pooled upstream client; cheap to clone.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connector: Connector,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    pool: Mutex<Pool>,
+    idle_timeout: Duration,
+    max_per_host: usize,
+}
+
+#[derive(Default)]
+struct Pool {
+    hosts: HashMap<PoolKey, Vec<Pooled>>,
+    sweeping: bool,
+}
+
+/// Scheme and authority, compared and hashed as the authority's bytes: `Authority`'s own
+/// `Hash` lower-cases and feeds one byte at a time, which cost more than the rest of a
+/// checkout. Two spellings of one host get two pools, which is harmless.
+#[derive(Clone)]
+struct PoolKey {
+    https: bool,
+    authority: Authority,
+}
+
+impl PartialEq for PoolKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.https == other.https && self.authority.as_str() == other.authority.as_str()
+    }
+}
+
+impl Eq for PoolKey {}
+
+impl std::hash::Hash for PoolKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.https.hash(state);
+        self.authority.as_str().hash(state);
+    }
+}
+
+enum Sender {
+    H1(http1::SendRequest<Body>),
+    H2(http2::SendRequest<Body>),
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_ready(),
+            Sender::H2(s) => s.is_ready(),
+        }
+    }
+}
+
+struct Pooled {
+    sender: Sender,
+    /// When it was last handed a request (or opened).
+    used: Instant,
+}
+
+impl Pooled {
+    /// Closed, or ready (so idle) and unused for longer than `timeout`.
+    fn is_stale(&self, now: Instant, timeout: Duration) -> bool {
+        self.sender.is_closed()
+            || (self.sender.is_ready() && now.saturating_duration_since(self.used) > timeout)
+    }
+}
+
+impl UpstreamClient {
+    pub(super) fn new(connector: Connector, idle_timeout: Duration, max_per_host: usize) -> Self {
+        let h1 = http1::Builder::new();
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new()).adaptive_window(true);
+        UpstreamClient {
+            inner: Arc::new(Inner {
+                connector,
+                h1,
+                h2,
+                pool: Mutex::new(Pool::default()),
+                idle_timeout,
+                max_per_host,
+            }),
+        }
+    }
+
+    /// Sends `req` (an absolute URI) on a pooled or new connection. On HTTP/1.1 a missing
+    /// `Host` is set from the URI and the target is sent in origin form; HTTP/2 carries the
+    /// URI's authority as `:authority`.
+    pub async fn request(
+        &self,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let uri = req.uri().clone();
+        let key = PoolKey::of(&uri).ok_or(UpstreamError::NoAuthority)?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let sender = match self.checkout(&key) {
+                Some(s) => s,
+                // Boxed: the connect future is large, and the request future is moved.
+                None => Box::pin(self.connect(&key)).await?,
+            };
+            let sent = match sender {
+                Sender::H1(mut s) => {
+                    if !req.headers().contains_key(HOST) {
+                        let host = HeaderValue::from_str(host_header(&key.authority, key.https))
+                            .map_err(|_| UpstreamError::NoAuthority)?;
+                        req.headers_mut().insert(HOST, host);
+                    }
+                    *req.uri_mut() = origin_form(&uri);
+                    let response = s.try_send_request(req);
+                    // Busy until its connection has read the response: pooled already.
+                    self.put_back(&key, Sender::H1(s));
+                    response.await
+                }
+                Sender::H2(mut s) => s.try_send_request(req).await,
+            };
+            match sent {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if attempt < SEND_ATTEMPTS => {
+                        req = unsent;
+                        *req.uri_mut() = uri.clone();
+                    }
+                    _ => return Err(UpstreamError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// A sender ready now for `key`, dropping the stale ones met on the way (newest first,
+    /// so a warm connection is reused before an older one).
+    fn checkout(&self, key: &PoolKey) -> Option<Sender> {
+        let now = Instant::now();
+        let mut pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let list = pool.hosts.get_mut(key)?;
+        let mut i = list.len();
+        while i > 0 {
+            i -= 1;
+            if list[i].is_stale(now, self.inner.idle_timeout) {
+                list.swap_remove(i);
+                continue;
+            }
+            if !list[i].sender.is_ready() {
+                continue;
+            }
+            let entry = &mut list[i];
+            if let Sender::H2(s) = &entry.sender {
+                entry.used = now;
+                return Some(Sender::H2(s.clone()));
+            }
+            return Some(list.swap_remove(i).sender);
+        }
+        None
+    }
+
+    /// Returns a sender to the pool, unless the authority already has the most it keeps.
+    fn put_back(&self, key: &PoolKey, sender: Sender) {
+        let mut pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let list = match pool.hosts.get_mut(key) {
+            Some(list) => list,
+            None => pool.hosts.entry(key.clone()).or_default(),
+        };
+        if list.len() < self.inner.max_per_host {
+            list.push(Pooled {
+                sender,
+                used: Instant::now(),
+            });
+        }
+    }
+
+    /// Opens a connection to `key`, HTTP/2 when TLS negotiated it, and pools an HTTP/2 one
+    /// at once (it serves every request).
+    async fn connect(&self, key: &PoolKey) -> Result<Sender, UpstreamError> {
+        self.start_sweeper();
+        let target = Uri::builder()
+            .scheme(if key.https {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            })
+            .authority(key.authority.clone())
+            .path_and_query(PathAndQuery::from_static("/"))
+            .build()
+            .map_err(|_| UpstreamError::NoAuthority)?;
+        let mut connector = self.inner.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let io = connector
+            .call(target)
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let handshake = |e: hyper::Error| UpstreamError::Connect(Box::new(e));
+        if io.connected().is_negotiated_h2() {
+            let (sender, conn) = self.inner.h2.handshake(io).await.map_err(handshake)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream h2 connection ended with an error");
+                }
+            });
+            self.put_back(key, Sender::H2(sender.clone()));
+            Ok(Sender::H2(sender))
+        } else {
+            let (sender, conn) = self.inner.h1.handshake(io).await.map_err(handshake)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream connection ended with an error");
+                }
+            });
+            Ok(Sender::H1(sender))
+        }
+    }
+
+    /// Starts, once, the task closing connections left unused (it ends with the client).
+    fn start_sweeper(&self) {
+        {
+            let mut pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
+            if std::mem::replace(&mut pool.sweeping, true) {
+                return;
+            }
+        }
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(SWEEP_EVERY);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let now = Instant::now();
+                let mut pool = inner.pool.lock().unwrap_or_else(|e| e.into_inner());
+                pool.hosts.retain(|_, list| {
+                    list.retain(|p| !p.is_stale(now, inner.idle_timeout));
+                    !list.is_empty()
+                });
+            }
+        });
+    }
+
+    /// Connections pooled for `uri`'s scheme and authority (idle or busy); for tests.
+    pub fn pooled(&self, uri: &Uri) -> usize {
+        let Some(key) = PoolKey::of(uri) else {
+            return 0;
+        };
+        let pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
+        pool.hosts.get(&key).map_or(0, Vec::len)
+    }
+}
+
+impl PoolKey {
+    fn of(uri: &Uri) -> Option<PoolKey> {
+        let https = match uri.scheme_str()? {
+            "https" => true,
+            "http" => false,
+            _ => return None,
+        };
+        Some(PoolKey {
+            https,
+            authority: uri.authority()?.clone(),
+        })
+    }
+}
+
+/// The `Host` value for an authority: without the scheme's default port.
+fn host_header(authority: &Authority, https: bool) -> &str {
+    let default = if https { 443 } else { 80 };
+    match authority.port_u16() {
+        Some(p) if p == default => authority
+            .as_str()
+            .rsplit_once(':')
+            .map_or(authority.as_str(), |(h, _)| h),
+        _ => authority.as_str(),
+    }
+}
+
+/// The request target HTTP/1.1 sends to an origin server: the path and query.
+fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(pq) if pq.as_str() != "/" => {
+            let mut parts = http::uri::Parts::default();
+            parts.path_and_query = Some(pq.clone());
+            Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
+        }
+        _ => Uri::from_static("/"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_header_drops_the_default_port_only() {
+        let a = |s: &str| Authority::from_maybe_shared(s.to_string()).expect("authority");
+        assert_eq!(host_header(&a("api.example.com"), true), "api.example.com");
+        assert_eq!(
+            host_header(&a("api.example.com:443"), true),
+            "api.example.com"
+        );
+        assert_eq!(
+            host_header(&a("api.example.com:443"), false),
+            "api.example.com:443"
+        );
+        assert_eq!(host_header(&a("127.0.0.1:8080"), false), "127.0.0.1:8080");
+        assert_eq!(host_header(&a("[::1]:80"), false), "[::1]");
+    }
+
+    #[test]
+    fn origin_form_keeps_path_and_query() {
+        let u: Uri = "http://h:1/v1/x?a=1".parse().expect("uri");
+        assert_eq!(origin_form(&u), "/v1/x?a=1");
+        let u: Uri = "http://h:1".parse().expect("uri");
+        assert_eq!(origin_form(&u), "/");
+    }
+}
