@@ -11,6 +11,9 @@
 #   newconn  as forward, but a new client connection per request (hey -disable-keepalive)
 #   redis    as quotas, with the Redis backend (REDIS_URL, default redis://127.0.0.1:6379,
 #            under a prefix of its own)
+#   tls      intercepted HTTPS keep-alive: CONNECT api.bench.test:443, TLS terminated with a
+#            leaf, re-originated to a TLS mock upstream on 127.0.0.1:443 (port 443 must be
+#            free; needs openssl)
 #
 # For each mode the release proxy runs under `valgrind --tool=callgrind` twice, serving
 # N1 then N2 keep-alive requests (hey, 10 connections) from the mock upstream
@@ -42,11 +45,32 @@ trap cleanup EXIT
 QP="$ROOT/target/release/quota-proxy"
 UP="$ROOT/target/release/examples/bench_upstream"
 
-"$UP" --listen 127.0.0.1:0 >"$WORK/up.out" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do grep -q '^listening ' "$WORK/up.out" && break; sleep 0.1; done
+start_upstream() { # OUT ARGS...: starts bench_upstream, leaves its address in OUT
+  local out=$1
+  shift
+  "$UP" "$@" >"$out" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 100); do grep -q '^listening ' "$out" && return; sleep 0.1; done
+  echo "bench_upstream $* did not start" >&2
+  exit 1
+}
+start_upstream "$WORK/up.out" --listen 127.0.0.1:0
 UP_ADDR=$(awk '/^listening / {print $2; exit}' "$WORK/up.out")
-[[ -n "$UP_ADDR" ]] || { echo "bench_upstream did not start" >&2; exit 1; }
+
+TLS_HOST=api.bench.test
+if [[ " ${MODES[*]} " == *" tls "* ]]; then
+  command -v openssl >/dev/null || { echo "callgrind.sh tls: needs openssl" >&2; exit 1; }
+  (exec 3<>/dev/tcp/127.0.0.1/443) 2>/dev/null && { echo "callgrind.sh tls: port 443 is taken" >&2; exit 1; }
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/up-ca.key" \
+    -out "$WORK/up-ca.crt" -subj "/CN=callgrind upstream CA" -days 2 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/up.key" \
+    -out "$WORK/up.csr" -subj "/CN=$TLS_HOST" 2>/dev/null
+  printf 'subjectAltName=DNS:%s\n' "$TLS_HOST" >"$WORK/up.ext"
+  openssl x509 -req -in "$WORK/up.csr" -CA "$WORK/up-ca.crt" -CAkey "$WORK/up-ca.key" \
+    -CAcreateserial -out "$WORK/up.crt" -days 2 -extfile "$WORK/up.ext" 2>/dev/null
+  start_upstream "$WORK/up-tls.out" --listen 127.0.0.1:443 --tls-cert "$WORK/up.crt" --tls-key "$WORK/up.key"
+  "$QP" ca init --dir "$WORK/ca" >/dev/null
+fi
 
 config() { # MODE
   cat <<EOF
@@ -57,8 +81,27 @@ allow_private_destinations = true
 [admin]
 listen = "127.0.0.1:0"
 
-[state]
 EOF
+  if [[ $1 == tls ]]; then
+    cat <<EOF
+[proxy.resolve]
+"$TLS_HOST" = "127.0.0.1"
+
+[tls]
+ca_cert = "$WORK/ca/ca.crt"
+ca_key = "$WORK/ca/ca.key"
+extra_upstream_roots = "$WORK/up-ca.crt"
+
+[state]
+backend = "memory"
+
+[providers.bench]
+hosts = ["$TLS_HOST"]
+intercept = true
+EOF
+    return
+  fi
+  printf '[state]\n'
   if [[ $1 == redis ]]; then
     printf 'backend = "redis"\nredis_url = "%s"\nredis_prefix = "callgrind-%s"\n' \
       "${REDIS_URL:-redis://127.0.0.1:6379}" "$$-$RANDOM"
@@ -99,12 +142,17 @@ count_ir() { # MODE N
   addr=$(sed -E 's/.*proxy=([^ ]+).*/\1/' <<<"$line")
   if [[ $mode == route ]]; then
     url="http://$addr/bench/"
+  elif [[ $mode == tls ]]; then
+    url="https://$TLS_HOST/"
+    proxy=(-x "http://$addr")
   else
     url="http://$UP_ADDR/"
     proxy=(-x "http://$addr")
   fi
   # One probe first, so lazily built state is not charged to the counted requests alone.
-  curl -fsS "${proxy[@]}" "$url" >/dev/null
+  local trust=()
+  [[ $mode == tls ]] && trust=(--cacert "$WORK/ca/ca.crt")
+  curl -fsS "${trust[@]}" "${proxy[@]}" "$url" >/dev/null
   local fresh=()
   [[ $mode == newconn ]] && fresh=(-disable-keepalive)
   hey -n "$n" -c 10 "${fresh[@]}" "${proxy[@]}" "$url" >"$out.hey"

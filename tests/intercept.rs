@@ -90,6 +90,17 @@ async fn intercepted_h2_and_h1_requests_reach_the_upstream_over_verified_tls() {
     );
     assert_eq!(recs[0].path_and_query(), "/v1/inner?q=1");
     assert_eq!(recs[0].body_text(), "inner body");
+    // The upstream protocol follows the client's (the mock offers both by ALPN).
+    assert_eq!(
+        recs[0].version,
+        http::Version::HTTP_2,
+        "an h2 call goes upstream over h2"
+    );
+    assert_eq!(
+        recs[1].version,
+        http::Version::HTTP_11,
+        "an HTTP/1.1 call over HTTP/1.1"
+    );
     assert!(
         recs[0].headers.get("x-quota-client").is_none(),
         "{:?}",

@@ -105,7 +105,11 @@ pub async fn handle(
         parts.headers.insert(header::HOST, host);
     }
     parts.uri = upstream_uri(&dest, &parts.uri)?;
-    parts.version = http::Version::HTTP_11;
+    // An h2 client's request may go upstream over h2 (when TLS negotiates it); anything
+    // else over HTTP/1.1 (see `upstream::client`).
+    if parts.version != http::Version::HTTP_2 {
+        parts.version = http::Version::HTTP_11;
+    }
     if let Some(provider) = dest
         .provider
         .as_ref()

@@ -39,6 +39,7 @@ pub struct Call<'a> {
 struct Head {
     method: Method,
     uri: http::Uri,
+    version: http::Version,
     headers: http::HeaderMap,
 }
 
@@ -51,6 +52,7 @@ pub async fn send(
     let mut head = Head {
         method: parts.method,
         uri: parts.uri,
+        version: parts.version,
         headers: parts.headers,
     };
     let mut body = body::buffer(incoming, call.config.proxy.max_body_buffer).await?;
@@ -447,6 +449,7 @@ fn build_request(
     let mut req = Request::new(body.into_body());
     *req.method_mut() = head.method.clone();
     *req.uri_mut() = uri;
+    *req.version_mut() = head.version;
     *req.headers_mut() = headers;
     Ok(req)
 }

@@ -38,14 +38,19 @@ pub fn build_client(config: &Config) -> Result<UpstreamClient, UpstreamSetupErro
     http.set_nodelay(true);
     http.set_connect_timeout(Some(config.proxy.connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    let h1_only = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls.clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http.clone());
+    let h1_or_h2 = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
     Ok(UpstreamClient::new(
-        https,
+        [h1_only, h1_or_h2],
         POOL_IDLE_TIMEOUT,
         POOL_MAX_PER_HOST,
     ))
