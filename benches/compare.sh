@@ -587,17 +587,18 @@ load() { # SCENARIO TARGET DURATION_S
 # ---------------------------------------------------------------------------------------
 CLK_TCK=$(getconf CLK_TCK)
 
-# utime + stime (clock ticks) summed over PIDs; field positions counted after the
-# "(comm)" field, which may itself contain spaces.
+# "TOTAL SYSTEM": utime + stime, and stime alone (clock ticks), summed over PIDs; field
+# positions counted after the "(comm)" field, which may itself contain spaces.
 cpu_ticks() {
-  local total=0 p stat rest f
+  local total=0 sys=0 p stat rest f
   for p in "$@"; do
     stat=$(<"/proc/$p/stat") || continue
     rest=${stat##*) }
     read -r -a f <<<"$rest"
     total=$((total + f[11] + f[12]))
+    sys=$((sys + f[12]))
   done
-  echo "$total"
+  echo "$total $sys"
 }
 
 # "TOTAL STEAL" ticks from the "cpu" line of /proc/stat (all cores).
@@ -624,23 +625,24 @@ source "$HELPERS/extra.sh"
 
 # Runs one target once and appends a sample (ROUND 0 = warm-up, not recorded).
 measure() { # SCENARIO ROUND TARGET DURATION_S
-  local pids c0 c1 w0 w1 result cpu="null" wait_us="null"
+  local pids c0 c1 s0 s1 w0 w1 result cpu="null" sys="null" wait_us="null"
   read -r -a pids <<<"$(target_pids "$3")"
-  c0=$(cpu_ticks "${pids[@]}")
+  read -r c0 s0 <<<"$(cpu_ticks "${pids[@]}")"
   w0=$(runq_wait_ns "${pids[@]}")
   result=$(load "$1" "$3" "$4")
-  c1=$(cpu_ticks "${pids[@]}")
+  read -r c1 s1 <<<"$(cpu_ticks "${pids[@]}")"
   w1=$(runq_wait_ns "${pids[@]}")
   if [[ ${#pids[@]} -gt 0 ]]; then
     cpu=$((c1 - c0))
+    sys=$((s1 - s0))
     wait_us=$(((w1 - w0) / 1000))
   fi
   [[ "$2" -eq 0 ]] && return
   # requests=1 duration_us=2 ... -> "requests": 1, "duration_us": 2, ...
   local fields
   fields=$(sed -E 's/([a-z0-9_]+)=/"\1": /g; s/ "/, "/g' <<<"$result")
-  printf '{"kind": "run", "scenario": "%s", "round": %d, "target": "%s", %s, "cpu_ticks": %s, "clk_tck": %d, "runq_wait_us": %s}\n' \
-    "$1" "$2" "$3" "$fields" "$cpu" "$CLK_TCK" "$wait_us" >>"$SAMPLES"
+  printf '{"kind": "run", "scenario": "%s", "round": %d, "target": "%s", %s, "cpu_ticks": %s, "sys_ticks": %s, "clk_tck": %d, "runq_wait_us": %s}\n' \
+    "$1" "$2" "$3" "$fields" "$cpu" "$sys" "$CLK_TCK" "$wait_us" >>"$SAMPLES"
   local rps
   rps=$(awk -v r="$result" 'BEGIN { split(r, a, /[ =]/); printf "%.0f", a[2] / (a[4] / 1e6) }')
   log "  $1 round $2 $3: $rps req/s, $result, proxy cpu ticks $cpu, run-queue wait ${wait_us} us"

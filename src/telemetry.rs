@@ -149,7 +149,8 @@ pub mod handles {
 
     #[derive(Default)]
     struct ProviderHandles {
-        requests: HashMap<&'static str, Counter>,
+        /// By outcome: a handful, so a scan beats hashing the name.
+        requests: Vec<(&'static str, Counter)>,
         upstream_duration: Option<Histogram>,
         delay: Option<Histogram>,
     }
@@ -184,10 +185,15 @@ pub mod handles {
     pub fn requests(provider: &str, outcome: &'static str) -> Counter {
         get_or_register(
             provider,
-            |h| h.requests.get(outcome),
+            |h| {
+                h.requests
+                    .iter()
+                    .find(|(o, _)| *o == outcome)
+                    .map(|(_, c)| c)
+            },
             |h| {
                 let c = metrics::counter!("quota_proxy_requests_total", "provider" => provider.to_string(), "outcome" => outcome);
-                h.requests.insert(outcome, c.clone());
+                h.requests.push((outcome, c.clone()));
                 c
             },
         )

@@ -42,11 +42,11 @@ median_of() { python3 -c 'import statistics,sys; v=[float(x) for x in sys.argv[1
 # CPU µs of PIDS while running a command (whose stdout is passed through).
 # Sets CPU_US.
 with_cpu() { # "PIDS" CMD...
-  local pids=($1) c0 c1
+  local pids=($1) c0 c1 sys
   shift
-  c0=$(cpu_ticks "${pids[@]}")
+  read -r c0 sys <<<"$(cpu_ticks "${pids[@]}")"
   "$@"
-  c1=$(cpu_ticks "${pids[@]}")
+  read -r c1 sys <<<"$(cpu_ticks "${pids[@]}")"
   CPU_US=$(((c1 - c0) * 1000000 / CLK_TCK))
 }
 

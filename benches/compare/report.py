@@ -5,7 +5,8 @@ Usage: report.py SAMPLES.jsonl META.json OUT.json [EXTRAS.jsonl]
 
 SAMPLES.jsonl holds one object per line:
   {"kind": "run", "scenario", "round", "target", "requests", "duration_us", "p50_us",
-   "p99_us", "errors", "non2xx", "cpu_ticks", "clk_tck", "runq_wait_us"}
+   "p99_us", "errors", "non2xx", "cpu_ticks", "sys_ticks", "clk_tck", "runq_wait_us"}
+  (cpu_ticks: utime + stime; sys_ticks: stime alone, the kernel's share)
   {"kind": "round", "scenario", "round", "steal_pct"}
 Rounds whose steal is above META["max_steal_pct"] are dropped (unless every round is, in
 which case all are kept and the report says so). Every ratio is computed within one round,
@@ -115,10 +116,14 @@ def derive(run):
     ticks = run.get("cpu_ticks")
     if ticks is None or not run["requests"]:
         run["cpu_us_per_req"] = None
+        run["sys_us_per_req"] = None
         run["proxy_busy_pct"] = None
     else:
         cpu_us = ticks * 1e6 / run["clk_tck"]
         run["cpu_us_per_req"] = cpu_us / run["requests"]
+        sys = run.get("sys_ticks")
+        run["sys_us_per_req"] = (sys * 1e6 / run["clk_tck"] / run["requests"]
+                                 if sys is not None else None)
         run["proxy_busy_pct"] = 100 * cpu_us / run["duration_us"] if run["duration_us"] else None
     # Core 0 is meant for the proxy alone, but the machine is shared: the time its threads
     # were runnable yet waited for the core says how much other processes delayed it.
@@ -229,6 +234,7 @@ def main():
         metrics = [
             ("requests/s", "rps", 0),
             ("proxy CPU us/request", "cpu_us_per_req", 1),
+            ("  of which kernel us", "sys_us_per_req", 1),
             ("proxy core busy %", "proxy_busy_pct", 0),
             ("p50 latency us", "p50_us", 0),
             ("p99 latency us", "p99_us", 0),

@@ -104,7 +104,15 @@ pub async fn handle(
             .map_err(|_| ProxyError::BadRequest("invalid host".into()))?;
         parts.headers.insert(header::HOST, host);
     }
-    parts.uri = upstream_uri(&dest, &parts.uri)?;
+    // Unmatched: the URI carries the pinned address, so its authority is built again.
+    let pinned;
+    let authority = if dest.provider.is_none() {
+        pinned = dest.authority();
+        &pinned
+    } else {
+        &original_authority
+    };
+    parts.uri = upstream_uri(&dest, authority, &parts.uri)?;
     // An h2 client's request may go upstream over h2 (when TLS negotiates it); anything
     // else over HTTP/1.1 (see `upstream::client`).
     if parts.version != http::Version::HTTP_2 {
@@ -313,9 +321,8 @@ fn request_authorities(req: &Request<Incoming>) -> Result<Vec<String>, ProxyErro
 
 /// The URI to send upstream; the request's own when it already is exactly that (an
 /// absolute-form request to a normalised authority), without re-parsing it.
-fn upstream_uri(dest: &Destination, request_uri: &Uri) -> Result<Uri, ProxyError> {
+fn upstream_uri(dest: &Destination, authority: &str, request_uri: &Uri) -> Result<Uri, ProxyError> {
     let bad = |_| ProxyError::BadRequest("the request URI cannot be forwarded".into());
-    let authority = dest.authority();
     let scheme = if dest.https {
         Scheme::HTTPS
     } else {

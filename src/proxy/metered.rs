@@ -172,9 +172,9 @@ pub async fn send(
         settle::observe_key(p, key_idx, key_label.as_deref(), status, &sig, now);
         let retriable =
             retry.on.contains(&status) && (status == 429 || idempotent || retry.any_method);
-        record(
-            p,
-            call.engine,
+        // One clock read serves the rest of this attempt (stats, headroom, headers).
+        p.stats.record(
+            now,
             Bucket {
                 requests: 1,
                 upstream_429: u64::from(status == 429),
@@ -197,7 +197,7 @@ pub async fn send(
             }
             continue;
         }
-        let shared_room = permit.shared_headroom(call.engine.clock().now());
+        let shared_room = permit.shared_headroom(now);
         let settlement = Settlement {
             provider: p.clone(),
             permit,
@@ -205,7 +205,7 @@ pub async fn send(
             key_label: key_label.clone(),
             estimate: costs,
             model: estimate.model.clone(),
-            route: path.clone(),
+            route: path,
             upstream_cost: sig.cost,
             clock: call.engine.clock().clone(),
         };
@@ -221,7 +221,7 @@ pub async fn send(
         }
         let resp = settle::tap_response(resp, settlement, strip_usage);
         let mut resp = decorate(
-            call.engine,
+            now,
             p,
             resp,
             key_label.as_deref(),
@@ -562,7 +562,7 @@ fn add_key_headers(headers: &mut http::HeaderMap, key: Option<&str>, delayed: Mi
 /// The response's quota headers: key id, delay, and `RateLimit`/`RateLimit-Policy` for the
 /// tightest limit that applied to this call (`shared`: as the Redis backend counted it).
 fn decorate(
-    engine: &quota::Engine,
+    now: Micros,
     p: &ProviderRuntime,
     resp: Response<Body>,
     key: Option<&str>,
@@ -574,7 +574,6 @@ fn decorate(
     super::headers::strip_hop_by_hop(&mut parts.headers);
     parts.version = http::Version::HTTP_11;
     add_key_headers(&mut parts.headers, key, delayed);
-    let now = engine.clock().now();
     let account = key
         .and_then(|k| p.config.keys.keys.iter().find(|s| s.id == k))
         .and_then(|k| k.account.as_deref());

@@ -59,14 +59,18 @@ fn status_verdict(status: u16, s: &mut Signals) {
 
 /// `retry-after-ms` (OpenAI, Azure; more precise) else `Retry-After`.
 fn retry_after(h: &HeaderMap, now: Micros, s: &mut Signals) {
-    let ms = parse_with(h, "retry-after-ms", s, parse_number)
+    // Named by constants: a `&str` name is parsed again at every lookup.
+    static RETRY_AFTER_MS: http::HeaderName = http::HeaderName::from_static("retry-after-ms");
+    let ms = parse_with(h, &RETRY_AFTER_MS, s, parse_number)
         .filter(|v| *v >= 0.0)
         .and_then(|ms| crate::signals::time::secs_to_micros(ms / 1000.0));
     if let Some(d) = ms {
         s.retry_after = Some(now.saturating_add(d));
         return;
     }
-    if let Some(at) = parse_with(h, "retry-after", s, |v| parse_retry_after(v, now)) {
+    if let Some(at) = parse_with(h, http::header::RETRY_AFTER, s, |v| {
+        parse_retry_after(v, now)
+    }) {
         s.retry_after = Some(at);
     }
 }
@@ -74,7 +78,11 @@ fn retry_after(h: &HeaderMap, now: Micros, s: &mut Signals) {
 /// The header's value(s) as text, several lines joined by `", "` as RFC 9110 allows.
 ///
 /// Present but not visible ASCII counts as malformed.
-pub(crate) fn text<'a>(h: &'a HeaderMap, name: &str, s: &mut Signals) -> Option<Cow<'a, str>> {
+pub(crate) fn text<'a>(
+    h: &'a HeaderMap,
+    name: impl http::header::AsHeaderName,
+    s: &mut Signals,
+) -> Option<Cow<'a, str>> {
     let mut values = h.get_all(name).iter();
     let first = values.next()?;
     let Ok(first) = first.to_str() else {
@@ -101,7 +109,7 @@ pub(crate) fn text<'a>(h: &'a HeaderMap, name: &str, s: &mut Signals) -> Option<
 /// Parse a header with `parse`; present but unparseable counts as malformed.
 pub(crate) fn parse_with<T>(
     h: &HeaderMap,
-    name: &str,
+    name: impl http::header::AsHeaderName,
     s: &mut Signals,
     parse: impl FnOnce(&str) -> Option<T>,
 ) -> Option<T> {
