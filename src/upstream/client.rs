@@ -375,7 +375,7 @@ mod tests {
 
     #[test]
     fn host_header_drops_the_default_port_only() {
-        let a = |s: &str| Authority::from_maybe_shared(s.to_string()).expect("authority");
+        let a = |s: &str| s.parse::<Authority>().expect("authority");
         assert_eq!(host_header(&a("api.example.com"), true), "api.example.com");
         assert_eq!(
             host_header(&a("api.example.com:443"), true),
