@@ -197,3 +197,66 @@ async fn intercepted_upstream_with_untrusted_certificate_is_502() {
         "nothing may be sent over an unverified connection"
     );
 }
+
+#[tokio::test]
+async fn h2_calls_share_one_upstream_connection_and_h1_calls_reuse_theirs() {
+    let s = Setup::new(echo()).await;
+
+    // h2: one call opens the upstream h2 connection, four at once then share it.
+    let tunnel = connect_tunnel(s.proxy.proxy_addr, &s.authority())
+        .await
+        .unwrap();
+    let tls = tls_connect_config(tunnel, s.trust_proxy_ca(&["h2"]), MOCK_HOST)
+        .await
+        .expect("TLS with the proxy's leaf");
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let url = format!("https://{}/v1/h2", s.authority());
+    let call = |mut sender: hyper::client::conn::http2::SendRequest<_>| {
+        let req = build_request("GET", &url, &[], Bytes::new());
+        async move { sender.send_request(req).await.unwrap().status() }
+    };
+    assert_eq!(call(sender.clone()).await, 200);
+    let calls: Vec<_> = (0..4).map(|_| tokio::spawn(call(sender.clone()))).collect();
+    for c in calls {
+        assert_eq!(c.await.unwrap(), 200);
+    }
+    assert_eq!(
+        s.up.connections(),
+        1,
+        "h2 calls multiplex on one upstream connection"
+    );
+
+    // HTTP/1.1: three calls on three client connections, one upstream connection.
+    for i in 0..3 {
+        let tunnel = connect_tunnel(s.proxy.proxy_addr, &s.authority())
+            .await
+            .unwrap();
+        let tls = tls_connect_config(tunnel, s.trust_proxy_ca(&["http/1.1"]), MOCK_HOST)
+            .await
+            .expect("TLS with the proxy's leaf");
+        let req = build_request(
+            "GET",
+            &format!("/v1/h1/{i}"),
+            &[("host", &s.authority())],
+            Bytes::new(),
+        );
+        assert_eq!(send_h1(tls, req).await.unwrap().status, 200);
+    }
+    assert_eq!(
+        s.up.connections(),
+        2,
+        "HTTP/1.1 calls reuse one HTTP/1.1 connection"
+    );
+    let recs = s.up.requests();
+    assert_eq!(recs.len(), 8);
+    assert!(recs[..5].iter().all(|r| r.version == http::Version::HTTP_2));
+    assert!(recs[5..]
+        .iter()
+        .all(|r| r.version == http::Version::HTTP_11));
+}
