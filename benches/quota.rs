@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use criterion::{criterion_group, criterion_main, Criterion};
 use governor::{Quota, RateLimiter};
 use quota_proxy::quota::{
-    Admission, CalendarPeriod, Clock, Costs, Demand, Engine, LimitSpec, Provider, ProviderSpec,
-    ProviderState, SystemClock, Unit, WindowKind, SECOND,
+    Admission, CalendarPeriod, Clock, Costs, Demand, Engine, FastClock, LimitSpec, Provider,
+    ProviderSpec, ProviderState, SystemClock, Unit, WindowKind, SECOND,
 };
 
 const HUGE: f64 = 1e15;
@@ -132,7 +132,7 @@ fn bench(c: &mut Criterion) {
     });
 
     // The clock the proxy runs with (`app::prepare`).
-    let engine = Arc::new(Engine::new(vec![spec()], Arc::new(SystemClock::new())));
+    let engine = Arc::new(Engine::new(vec![spec()], Arc::new(FastClock::new())));
     g.bench_function("engine_by_name_admit_settle_3_limits", |b| {
         b.iter(|| engine_once(&engine, black_box(&demand), &actual))
     });
@@ -152,9 +152,11 @@ fn bench(c: &mut Criterion) {
     });
 
     // Reference points for the engine's overhead over the pure state.
-    let clock = SystemClock::new();
+    let clock = FastClock::new();
+    g.bench_function("ref_fast_clock_now", |b| b.iter(|| black_box(clock.now())));
+    let tokio_clock = SystemClock::new();
     g.bench_function("ref_system_clock_now", |b| {
-        b.iter(|| black_box(clock.now()))
+        b.iter(|| black_box(tokio_clock.now()))
     });
     let mutex = std::sync::Mutex::new(0u64);
     g.bench_function("ref_mutex_lock_unlock", |b| {

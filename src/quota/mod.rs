@@ -78,7 +78,7 @@ mod sim_tests;
 pub use admission::{Demand, KeyOption};
 pub use bucket::TokenBucket;
 pub use calendar::{period_bounds, CalendarCounter};
-pub use clock::{duration_micros, Clock, ManualClock, Micros, SystemClock, SECOND};
+pub use clock::{duration_micros, Clock, FastClock, ManualClock, Micros, SystemClock, SECOND};
 pub use concurrency::ConcurrencyGauge;
 pub use cost::{CostModel, Estimate, Price, RequestInfo};
 pub use engine::Engine;
