@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use support::*;
+use tokio_rustls::client::TlsStream;
 
 struct Setup {
     upstream_ca: TestCa,
@@ -33,6 +34,16 @@ impl Setup {
         format!("{MOCK_HOST}:{}", self.up.port())
     }
 
+    /// A tunnel to the mock through the proxy, with TLS to the proxy's leaf offering `alpn`.
+    async fn intercepted_tls(&self, alpn: &[&str]) -> TlsStream<tokio::net::TcpStream> {
+        let tunnel = connect_tunnel(self.proxy.proxy_addr, &self.authority())
+            .await
+            .unwrap();
+        tls_connect_config(tunnel, self.trust_proxy_ca(alpn), MOCK_HOST)
+            .await
+            .expect("TLS with the proxy's leaf")
+    }
+
     /// A client config trusting only the CA the proxy created in its working directory.
     fn trust_proxy_ca(&self, alpn: &[&str]) -> Arc<rustls::ClientConfig> {
         let path = self.proxy.dir().join("certs/ca.crt");
@@ -45,12 +56,7 @@ async fn intercepted_h2_and_h1_requests_reach_the_upstream_over_verified_tls() {
     let s = Setup::new(echo()).await;
 
     // h2 inside the tunnel.
-    let tunnel = connect_tunnel(s.proxy.proxy_addr, &s.authority())
-        .await
-        .unwrap();
-    let tls = tls_connect_config(tunnel, s.trust_proxy_ca(&["h2", "http/1.1"]), MOCK_HOST)
-        .await
-        .expect("TLS with the proxy's leaf");
+    let tls = s.intercepted_tls(&["h2", "http/1.1"]).await;
     assert_eq!(negotiated_alpn(&tls).as_deref(), Some("h2"));
     let req = build_request(
         "POST",
@@ -63,12 +69,7 @@ async fn intercepted_h2_and_h1_requests_reach_the_upstream_over_verified_tls() {
     assert_eq!(resp.text(), "inner body");
 
     // HTTP/1.1 inside the tunnel.
-    let tunnel = connect_tunnel(s.proxy.proxy_addr, &s.authority())
-        .await
-        .unwrap();
-    let tls = tls_connect_config(tunnel, s.trust_proxy_ca(&["http/1.1"]), MOCK_HOST)
-        .await
-        .expect("TLS with the proxy's leaf");
+    let tls = s.intercepted_tls(&["http/1.1"]).await;
     let req = build_request(
         "GET",
         "/v1/h1",
@@ -134,12 +135,7 @@ async fn intercepted_tunnel_is_not_the_upstreams_certificate() {
 async fn intercepted_request_for_another_host_is_421() {
     let s = Setup::new(echo()).await;
 
-    let tunnel = connect_tunnel(s.proxy.proxy_addr, &s.authority())
-        .await
-        .unwrap();
-    let tls = tls_connect_config(tunnel, s.trust_proxy_ca(&["http/1.1"]), MOCK_HOST)
-        .await
-        .unwrap();
+    let tls = s.intercepted_tls(&["http/1.1"]).await;
     let req = build_request(
         "GET",
         "/v1/x",
@@ -203,12 +199,7 @@ async fn h2_calls_share_one_upstream_connection_and_h1_calls_reuse_theirs() {
     let s = Setup::new(echo()).await;
 
     // h2: one call opens the upstream h2 connection, four at once then share it.
-    let tunnel = connect_tunnel(s.proxy.proxy_addr, &s.authority())
-        .await
-        .unwrap();
-    let tls = tls_connect_config(tunnel, s.trust_proxy_ca(&["h2"]), MOCK_HOST)
-        .await
-        .expect("TLS with the proxy's leaf");
+    let tls = s.intercepted_tls(&["h2"]).await;
     let (sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(tls),
@@ -234,12 +225,7 @@ async fn h2_calls_share_one_upstream_connection_and_h1_calls_reuse_theirs() {
 
     // HTTP/1.1: three calls on three client connections, one upstream connection.
     for i in 0..3 {
-        let tunnel = connect_tunnel(s.proxy.proxy_addr, &s.authority())
-            .await
-            .unwrap();
-        let tls = tls_connect_config(tunnel, s.trust_proxy_ca(&["http/1.1"]), MOCK_HOST)
-            .await
-            .expect("TLS with the proxy's leaf");
+        let tls = s.intercepted_tls(&["http/1.1"]).await;
         let req = build_request(
             "GET",
             &format!("/v1/h1/{i}"),

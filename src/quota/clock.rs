@@ -30,16 +30,21 @@ pub struct SystemClock {
     base: tokio::time::Instant,
 }
 
+/// The wall clock now, for a clock's base.
+// The one place the wall clock is read: everything else takes time from a `Clock`.
+#[allow(clippy::disallowed_methods)]
+fn wall_now() -> Micros {
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    duration_micros(wall)
+}
+
 impl SystemClock {
     /// Captures the wall clock and tokio's clock now.
-    // The one place the wall clock is read: everything else takes time from a `Clock`.
-    #[allow(clippy::disallowed_methods)]
     pub fn new() -> Self {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO);
         Self {
-            base_wall: duration_micros(wall),
+            base_wall: wall_now(),
             base: tokio::time::Instant::now(),
         }
     }
@@ -72,15 +77,11 @@ pub struct FastClock {
 
 impl FastClock {
     /// Captures the wall clock and the monotonic clock now (calibrates on first use).
-    #[allow(clippy::disallowed_methods)]
     pub fn new() -> Self {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO);
         let clock = quanta::Clock::new();
         let base = clock.now();
         Self {
-            base_wall: duration_micros(wall),
+            base_wall: wall_now(),
             clock,
             base,
         }
