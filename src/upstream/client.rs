@@ -18,7 +18,8 @@
 //! again on another one.
 //!
 //! Connections unused for `idle_timeout` are dropped at the next checkout of their
-//! authority and by a sweep every [`SWEEP_EVERY`]; at most `max_idle_per_host` are kept.
+//! authority and by a sweep every [`SWEEP_EVERY`]; at most `max_per_host` are kept per
+//! authority (beyond, a connection serves its request and closes).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
