@@ -61,13 +61,9 @@ TLS_HOST=api.bench.test
 if [[ " ${MODES[*]} " == *" tls "* ]]; then
   command -v openssl >/dev/null || { echo "callgrind.sh tls: needs openssl" >&2; exit 1; }
   (exec 3<>/dev/tcp/127.0.0.1/443) 2>/dev/null && { echo "callgrind.sh tls: port 443 is taken" >&2; exit 1; }
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/up-ca.key" \
-    -out "$WORK/up-ca.crt" -subj "/CN=callgrind upstream CA" -days 2 2>/dev/null
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/up.key" \
-    -out "$WORK/up.csr" -subj "/CN=$TLS_HOST" 2>/dev/null
-  printf 'subjectAltName=DNS:%s\n' "$TLS_HOST" >"$WORK/up.ext"
-  openssl x509 -req -in "$WORK/up.csr" -CA "$WORK/up-ca.crt" -CAkey "$WORK/up-ca.key" \
-    -CAcreateserial -out "$WORK/up.crt" -days 2 -extfile "$WORK/up.ext" 2>/dev/null
+  # shellcheck source=compare/upstream_cert.sh
+  source "$ROOT/benches/compare/upstream_cert.sh"
+  upstream_cert "$WORK" "$TLS_HOST" "$TLS_HOST"
   start_upstream "$WORK/up-tls.out" --listen 127.0.0.1:443 --tls-cert "$WORK/up.crt" --tls-key "$WORK/up.key"
   "$QP" ca init --dir "$WORK/ca" >/dev/null
 fi

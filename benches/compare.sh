@@ -620,6 +620,8 @@ runq_wait_ns() {
 }
 
 SAMPLES="$WORK/samples.jsonl"
+# shellcheck source=compare/upstream_cert.sh
+source "$HELPERS/upstream_cert.sh"
 # shellcheck source=compare/extra.sh
 source "$HELPERS/extra.sh"
 

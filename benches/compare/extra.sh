@@ -90,13 +90,7 @@ start_tls_stack() {
   mkdir -p "$dir"
   # A TLS upstream on port 443 (hey's Go client puts host:port into the SNI on other ports).
   (exec 3<>/dev/tcp/127.0.0.1/443) 2>/dev/null && die "port 443 is taken: the TLS rows need it"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$dir/up-ca.key" \
-    -out "$dir/up-ca.crt" -subj "/CN=bench upstream CA" -days 2 2>/dev/null
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$dir/up.key" \
-    -out "$dir/up.csr" -subj "/CN=$TLS_HOST" 2>/dev/null
-  printf 'subjectAltName=DNS:*.bench.test,DNS:%s\n' "$BLIND_HOST" >"$dir/ext"
-  openssl x509 -req -in "$dir/up.csr" -CA "$dir/up-ca.crt" -CAkey "$dir/up-ca.key" \
-    -CAcreateserial -out "$dir/up.crt" -days 2 -extfile "$dir/ext" 2>/dev/null
+  upstream_cert "$dir" "$TLS_HOST" '*.bench.test' "$BLIND_HOST"
   "${ON_CORE1[@]}" "$UP_BIN" --listen 127.0.0.1:443 --tls-cert "$dir/up.crt" --tls-key "$dir/up.key" \
     >"$dir/up.out" 2>"$dir/up.out.err" &
   TLSUP_PID=$!
