@@ -96,7 +96,7 @@ struct Pool {
 #[derive(Clone)]
 struct PoolKey {
     https: bool,
-    /// The request arrived over h2, so the connection may be h2.
+    /// The request arrived over h2 and the upstream is TLS, so the connection may be h2.
     h2: bool,
     authority: Authority,
 }
@@ -340,7 +340,8 @@ impl PoolKey {
         };
         Some(PoolKey {
             https,
-            h2: version == http::Version::HTTP_2,
+            // h2 is only negotiated by TLS: plain upstreams share one HTTP/1.1 pool.
+            h2: https && version == http::Version::HTTP_2,
             authority: uri.authority()?.clone(),
         })
     }
