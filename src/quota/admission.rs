@@ -167,10 +167,13 @@ impl ProviderState {
     /// every applicable limit has room now (then `items` is exactly what `decide` would
     /// fill). `false` when one has not, or when a client-share limit applies: the caller
     /// clears `items` and asks `decide` for the full answer. Counts nothing.
+    ///
+    /// It never creates a counter: a limit+scope seen for the first time goes to `decide`.
     #[inline]
     fn fits_now(&mut self, d: &Demand<'_>, now: Micros, items: &mut Vec<Item>) -> bool {
-        for ei in 0..self.entries.len() {
-            let e = &self.entries[ei];
+        let priority = d.priority as usize;
+        let Self { entries, slots, .. } = self;
+        for e in entries.iter() {
             let Some(sid) = scope_id(e, d) else {
                 continue;
             };
@@ -181,14 +184,23 @@ impl ProviderState {
             if e.shared {
                 return false;
             }
-            let slot = match e.provider_slot {
-                Some(s) if e.spec.scope == Scope::Provider => s,
-                _ => self.slot_for(ei, sid),
+            let found = match e.spec.scope {
+                Scope::Provider => e.provider_slot,
+                _ => e.by_scope.get(sid).copied(),
             };
-            let e = &self.entries[ei];
-            let s = &mut self.slots[slot as usize];
-            let cap = s.meter.capacity(e.spec.amount) * (1.0 - e.spec.reserve.fraction(d.priority));
-            if !s.meter.fit(cost, cap, now).is_now() {
+            let Some(slot) = found else {
+                return false;
+            };
+            let Some(s) = slots.get_mut(slot as usize) else {
+                return false;
+            };
+            let cap = &e.caps[priority];
+            debug_assert_eq!(
+                cap.cap.to_bits(),
+                (s.meter.capacity(e.spec.amount) * (1.0 - e.spec.reserve.fraction(d.priority)))
+                    .to_bits()
+            );
+            if !s.meter.fits_now(cost, cap, now) {
                 return false;
             }
             items.push(Item {

@@ -13,7 +13,7 @@ use chrono::{
 use chrono_tz::Tz;
 
 use crate::quota::clock::{Micros, SECOND};
-use crate::quota::fit::{fits, Fit};
+use crate::quota::fit::{fits, Cap, Fit};
 use crate::quota::spec::CalendarPeriod;
 
 const HOUR: Micros = 3600 * SECOND;
@@ -208,6 +208,13 @@ impl CalendarCounter {
         } else {
             Fit::At(self.end)
         }
+    }
+
+    /// `self.fit(cost, cap.cap, now) == Fit::Now`.
+    #[inline]
+    pub fn fits_now(&mut self, cost: f64, cap: &Cap, now: Micros) -> bool {
+        self.advance(now);
+        cap.admits(0.0, cost) && cap.admits(self.used, cost)
     }
 
     /// Adds `cost`; returns the period start it landed in.

@@ -72,18 +72,19 @@ impl Clock for SystemClock {
 pub struct FastClock {
     base_wall: Micros,
     clock: quanta::Clock,
-    base: quanta::Instant,
+    /// The clock's raw reading at `base_wall` (scaled only as a difference, once per read).
+    base_raw: u64,
 }
 
 impl FastClock {
     /// Captures the wall clock and the monotonic clock now (calibrates on first use).
     pub fn new() -> Self {
         let clock = quanta::Clock::new();
-        let base = clock.now();
+        let base_raw = clock.raw();
         Self {
             base_wall: wall_now(),
             clock,
-            base,
+            base_raw,
         }
     }
 }
@@ -96,8 +97,8 @@ impl Default for FastClock {
 
 impl Clock for FastClock {
     fn now(&self) -> Micros {
-        let elapsed = self.clock.now().saturating_duration_since(self.base);
-        self.base_wall.saturating_add(duration_micros(elapsed))
+        let nanos = self.clock.delta_as_nanos(self.base_raw, self.clock.raw());
+        self.base_wall.saturating_add(nanos / 1_000)
     }
 }
 

@@ -27,16 +27,46 @@ impl Fit {
 /// that fit exactly are not refused by rounding (`0.1 + 0.2` against a cap of `0.3`).
 #[inline]
 pub fn fits(used: f64, cost: f64, cap: f64) -> bool {
-    used + cost <= cap + 1e-9 * cap.abs().max(1.0)
+    Cap::new(cap).admits(used, cost)
+}
+
+/// A cap with the bound [`fits`] compares against, computed once for a limit that checks
+/// many calls against the same cap.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cap {
+    /// The cap itself.
+    pub cap: f64,
+    /// The largest `used + cost` that fits: the cap plus the tolerance.
+    pub bound: f64,
+}
+
+impl Cap {
+    /// `cap` and its bound.
+    #[inline]
+    pub fn new(cap: f64) -> Self {
+        Self {
+            cap,
+            bound: cap + 1e-9 * cap.abs().max(1.0),
+        }
+    }
+
+    /// `fits(used, cost, self.cap)`.
+    #[inline]
+    pub fn admits(&self, used: f64, cost: f64) -> bool {
+        used + cost <= self.bound
+    }
 }
 
 /// A sanitised finite, non-negative amount (NaN and negatives become 0).
 #[inline]
 pub fn non_negative(v: f64) -> f64 {
-    if v > 0.0 && v.is_finite() {
-        v
-    } else if v == f64::INFINITY {
-        f64::MAX
+    // Two comparisons: NaN fails the first, so it reads as 0 with the negatives.
+    if v > 0.0 {
+        if v < f64::INFINITY {
+            v
+        } else {
+            f64::MAX
+        }
     } else {
         0.0
     }
@@ -58,6 +88,8 @@ mod tests {
         assert_eq!(non_negative(-2.0), 0.0);
         assert_eq!(non_negative(2.5), 2.5);
         assert_eq!(non_negative(f64::INFINITY), f64::MAX);
+        assert_eq!(non_negative(f64::NEG_INFINITY), 0.0);
+        assert_eq!(non_negative(f64::MIN_POSITIVE), f64::MIN_POSITIVE);
         assert!(Fit::Now.is_now() && !Fit::OnRelease.is_now());
     }
 }

@@ -4,10 +4,20 @@ use crate::quota::bucket::TokenBucket;
 use crate::quota::calendar::CalendarCounter;
 use crate::quota::clock::Micros;
 use crate::quota::concurrency::ConcurrencyGauge;
-use crate::quota::fit::{non_negative, Fit};
+use crate::quota::fit::{non_negative, Cap, Fit};
 use crate::quota::rolling::RollingWindow;
 use crate::quota::spec::{LimitSpec, WindowKind};
 use crate::quota::unit::Unit;
+
+/// What [`Meter::capacity`] gives for a meter of `spec` (a bucket's burst, else the amount).
+pub fn capacity_of(spec: &LimitSpec) -> f64 {
+    match spec.window {
+        WindowKind::TokenBucket { burst, .. } if spec.unit != Unit::Concurrent => {
+            non_negative(burst)
+        }
+        _ => non_negative(spec.amount),
+    }
+}
 
 /// The state of one limit for one scope id.
 #[derive(Debug, Clone)]
@@ -57,6 +67,18 @@ impl Meter {
             Meter::Bucket(b) => b.fit(cost, cap, now),
             Meter::Calendar(c) => c.fit(cost, cap, now),
             Meter::Concurrent(g) => g.fit(cap),
+        }
+    }
+
+    /// `self.fit(cost, cap.cap, now).is_now()` where that is cheaper to tell: a rolling
+    /// window or calendar counter compares against the precomputed bound. May say `false`
+    /// where `fit` would say `Now` after a longer look (the caller then asks `fit`).
+    #[inline]
+    pub fn fits_now(&mut self, cost: f64, cap: &Cap, now: Micros) -> bool {
+        match self {
+            Meter::Rolling(w) => w.fits_now(cost, cap, now),
+            Meter::Calendar(c) => c.fits_now(cost, cap, now),
+            _ => self.fit(cost, cap.cap, now).is_now(),
         }
     }
 

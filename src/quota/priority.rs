@@ -62,8 +62,9 @@ impl PriorityReserve {
             Priority::Normal => self.normal,
             Priority::Low => self.low,
         };
-        if f.is_finite() {
-            f.clamp(0.0, 1.0)
+        // NaN fails both comparisons: it reads as 0, like the infinities and negatives.
+        if f > 0.0 && f < f64::INFINITY {
+            f.min(1.0)
         } else {
             0.0
         }
@@ -90,5 +91,13 @@ mod tests {
         assert_eq!(r.fraction(Priority::High), 0.0);
         assert_eq!(r.fraction(Priority::Normal), 0.0);
         assert_eq!(r.fraction(Priority::Low), 1.0);
+        let inf = PriorityReserve {
+            high: f64::INFINITY,
+            normal: f64::NEG_INFINITY,
+            low: 0.25,
+        };
+        assert_eq!(inf.fraction(Priority::High), 0.0);
+        assert_eq!(inf.fraction(Priority::Normal), 0.0);
+        assert_eq!(inf.fraction(Priority::Low), 0.25);
     }
 }

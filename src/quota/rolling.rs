@@ -7,7 +7,7 @@
 //! i.e. `64 / 65` ≈ 98.5% of the permitted rate, with constant memory and O(1) checks.
 
 use crate::quota::clock::Micros;
-use crate::quota::fit::{fits, Fit};
+use crate::quota::fit::{fits, Cap, Fit};
 
 /// Sub-buckets per window.
 pub const BUCKETS: u64 = 64;
@@ -92,6 +92,13 @@ impl RollingWindow {
         } else {
             self.fit_later(cost, cap)
         }
+    }
+
+    /// Whether `fit` would say `Now` at its first comparison.
+    #[inline]
+    pub fn fits_now(&mut self, cost: f64, cap: &Cap, now: Micros) -> bool {
+        self.advance(now);
+        cap.admits(self.sum, cost)
     }
 
     /// The slow half of [`RollingWindow::fit`]: when, if ever.

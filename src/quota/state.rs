@@ -6,7 +6,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::quota::meter::Meter;
+use crate::quota::fit::Cap;
+use crate::quota::meter::{capacity_of, Meter};
+use crate::quota::priority::Priority;
 use crate::quota::reload::Remap;
 use crate::quota::reservation::Item;
 use crate::quota::shares::{ShareBook, ShareTable};
@@ -35,6 +37,10 @@ pub(crate) struct Entry {
     pub by_scope: HashMap<Box<str>, u32>,
     /// The Redis hash tag and this limit's counter key prefix under it (built once).
     pub redis_prefix: std::sync::OnceLock<(String, String)>,
+    /// The cap a call of each priority is held to (indexed by `Priority as usize`): the
+    /// meter's capacity less the reserve held back from that priority. Fixed by the spec,
+    /// so admission does not recompute it.
+    pub caps: [Cap; 4],
 }
 
 impl Entry {
@@ -75,9 +81,22 @@ pub struct ProviderState {
     pub(crate) pool: Vec<Vec<Item>>,
 }
 
+/// [`Entry::caps`] of a limit.
+fn caps_of(spec: &LimitSpec) -> [Cap; 4] {
+    let capacity = capacity_of(spec);
+    [
+        Priority::Critical,
+        Priority::High,
+        Priority::Normal,
+        Priority::Low,
+    ]
+    .map(|p| Cap::new(capacity * (1.0 - spec.reserve.fraction(p))))
+}
+
 fn entries_of(spec: &ProviderSpec) -> Vec<Entry> {
     let entry = |spec: LimitSpec, only_key: Option<Box<str>>| Entry {
         shared: false,
+        caps: caps_of(&spec),
         spec,
         only_key,
         except_keys: Vec::new(),
