@@ -8,6 +8,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use quota_proxy::config::{self, Config};
 
+/// mimalloc instead of the system allocator: a request allocates a few dozen small objects
+/// (header maps, futures, buffers), and its per-thread free lists cost a fraction of glibc
+/// malloc's instructions for them (docs/performance.md, "The allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "quota-proxy",
