@@ -546,16 +546,21 @@ fn finish_plain(
     Response::from_parts(parts, body)
 }
 
+/// The response headers the proxy sets, named by constants: a `&str` name is parsed again
+/// at every insert.
+static KEY_HEADER: header::HeaderName = header::HeaderName::from_static("x-quota-proxy-key");
+static DELAYED_HEADER: header::HeaderName =
+    header::HeaderName::from_static("x-quota-proxy-delayed-ms");
+static RATELIMIT: header::HeaderName = header::HeaderName::from_static("ratelimit");
+static RATELIMIT_POLICY: header::HeaderName = header::HeaderName::from_static("ratelimit-policy");
+
 fn add_key_headers(headers: &mut http::HeaderMap, key: Option<&str>, delayed: Micros) {
-    headers.remove("x-quota-proxy-key");
+    headers.remove(&KEY_HEADER);
     if let Some(v) = key.and_then(|k| HeaderValue::from_str(k).ok()) {
-        headers.insert("x-quota-proxy-key", v);
+        headers.insert(&KEY_HEADER, v);
     }
     if delayed > 0 {
-        headers.insert(
-            "x-quota-proxy-delayed-ms",
-            HeaderValue::from(delayed / 1000),
-        );
+        headers.insert(&DELAYED_HEADER, HeaderValue::from(delayed / 1000));
     }
 }
 
@@ -582,11 +587,11 @@ fn decorate(
         None => settle::tightest(&p.quota, &hints.client, key, account, now),
     };
     if let Some(t) = tightest {
-        if let Ok(v) = HeaderValue::from_str(&t.ratelimit()) {
-            parts.headers.insert("ratelimit", v);
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(t.ratelimit())) {
+            parts.headers.insert(&RATELIMIT, v);
         }
-        if let Ok(v) = HeaderValue::from_str(&t.policy()) {
-            parts.headers.insert("ratelimit-policy", v);
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(t.policy())) {
+            parts.headers.insert(&RATELIMIT_POLICY, v);
         }
     }
     Response::from_parts(parts, body)

@@ -252,8 +252,9 @@ pub(crate) fn push_u64(s: &mut String, mut v: u64) {
             break;
         }
     }
-    for &d in &digits[i..] {
-        s.push(char::from(d));
+    // ASCII digits only, so the check cannot fail; one append instead of one per digit.
+    if let Ok(text) = std::str::from_utf8(&digits[i..]) {
+        s.push_str(text);
     }
 }
 
