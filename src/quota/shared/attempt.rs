@@ -117,10 +117,19 @@ impl ProviderHandle {
 
     /// [`ProviderHandle::attempt`], through Redis when the engine has a shared backend.
     pub(crate) async fn attempt_async(&self, d: &Demand<'_>, now: Micros) -> Attempt {
-        let b = match self.shared.backend.get() {
-            Some(b) if !self.lock().is_shadow() => Arc::clone(b),
-            _ => return self.attempt(d, now),
-        };
+        match self.shared.backend.get() {
+            // Boxed: the Redis exchange is most of this future's size, and every admission
+            // future (and so every request's) would carry it, and be copied with it, even
+            // with the local backend.
+            Some(b) if !self.lock().is_shadow() => {
+                Box::pin(self.attempt_shared(Arc::clone(b), d, now)).await
+            }
+            _ => self.attempt(d, now),
+        }
+    }
+
+    /// [`ProviderHandle::attempt_async`] through Redis.
+    async fn attempt_shared(&self, b: Arc<RedisBackend>, d: &Demand<'_>, now: Micros) -> Attempt {
         if d.keys.is_empty() {
             return match self.shared_one(&b, d, now).await {
                 Shared::Admitted(r) => Attempt::Admitted(r, None),
