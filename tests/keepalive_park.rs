@@ -189,6 +189,48 @@ async fn a_parked_connection_closes_at_the_idle_limit_and_at_shutdown() {
 }
 
 #[tokio::test]
+async fn a_second_head_that_stalls_is_cut_off_at_the_limit_and_counted() {
+    let up = MockUpstream::plain(echo()).await;
+    let proxy = Proxy::start(&config(&up, "1500ms"));
+    let timeouts = || async {
+        let (_, metrics) = admin_get(proxy.admin_addr, "/metrics").await;
+        metric_value(&metrics, "quota_proxy_header_timeouts_total", &[])
+    };
+    let before = timeouts().await;
+
+    // One request served, then half of the next head at once: the stall starts while the
+    // connection is still being served by hyper, not parked.
+    let mut s = TcpStream::connect(proxy.proxy_addr).await.unwrap();
+    s.write_all(get(&up, "/v1/first").as_bytes()).await.unwrap();
+    response(&mut s).await;
+    let half = get(&up, "/v1/second");
+    s.write_all(&half.as_bytes()[..half.len() / 2])
+        .await
+        .unwrap();
+    let stalled = Instant::now();
+
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the stalled connection is closed");
+    let after = stalled.elapsed();
+    assert!(
+        after >= Duration::from_millis(1400) && after < Duration::from_secs(3),
+        "closed {after:?} after the stall (limit 1.5 s)"
+    );
+    assert!(got.is_empty(), "nothing answers half a head: {got:?}");
+    assert_eq!(timeouts().await, before + 1.0, "counted as a slow head");
+}
+
+#[tokio::test]
 async fn an_intercepted_tls_connection_parks_and_keeps_its_tls_session() {
     let ca = TestCa::new("park test upstream ca");
     let up = MockUpstream::tls(echo(), &ca.issue(&[MOCK_HOST])).await;

@@ -15,9 +15,9 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -142,9 +142,16 @@ where
             Ok(resp.map(|inner| Tracked { inner, _open: open }))
         })
     });
+    // A head that stalls inside a segment is cut off by parking: with no request finished for
+    // one to two PARK_AFTERs and no response open, the segment parks, and the parked wait
+    // takes the rest of header_read_timeout (counted from when the connection went quiet, so
+    // never later than hyper's own timer would fire). hyper's timer costs an allocation and a
+    // timer registration per request, so it only runs when the limit is shorter than parking.
+    let hyper_timeout = (config.proxy.header_read_timeout < 2 * PARK_AFTER)
+        .then_some(config.proxy.header_read_timeout);
     let mut b = hyper::server::conn::http1::Builder::new();
     b.timer(TokioTimer::new())
-        .header_read_timeout(config.proxy.header_read_timeout)
+        .header_read_timeout(hyper_timeout)
         .max_buf_size(config.proxy.max_header_bytes.max(8192))
         // hyper's default header count (100, as the first-head check uses): any other value
         // makes hyper allocate and fill a header array on every request.
@@ -158,18 +165,23 @@ where
     tokio::pin!(tick);
     let mut seen = activity.requests.load(Ordering::Relaxed);
     let mut state = State::Serving;
+    let mut side = SideWake::default();
     let result = std::future::poll_fn(|cx| loop {
         if let Poll::Ready(r) = http.poll_without_shutdown(cx) {
             return Poll::Ready(r);
         }
         match state {
             State::Serving => {
-                if stop.as_mut().poll(cx).is_ready() {
+                let Some(waker) = side.due(cx) else {
+                    return Poll::Pending;
+                };
+                let mut side_cx = Context::from_waker(waker);
+                if stop.as_mut().poll(&mut side_cx).is_ready() {
                     state = State::Closing;
                     Pin::new(&mut *http).graceful_shutdown();
                     continue;
                 }
-                if tick.as_mut().poll(cx).is_ready() {
+                if tick.as_mut().poll(&mut side_cx).is_ready() {
                     let now = activity.requests.load(Ordering::Relaxed);
                     if now == seen && activity.open.load(Ordering::Relaxed) == 0 {
                         state = State::Parking;
@@ -179,6 +191,8 @@ where
                     seen = now;
                     tick.as_mut()
                         .reset(tokio::time::Instant::now() + PARK_AFTER);
+                    // The reset tick registers its new deadline when next polled.
+                    side.rearm();
                     continue;
                 }
             }
@@ -209,6 +223,55 @@ where
     }
     close(io).await;
     None
+}
+
+/// The waker the segment's side futures (shutdown, the park tick) are polled with: it notes
+/// that one of them woke the task, so the many wakes hyper's own I/O causes (several per
+/// request) do not poll them again.
+#[derive(Default)]
+struct SideWake {
+    /// The task's waker wrapped, and the flag it sets; `None` before the first poll.
+    current: Option<(Arc<SideFlag>, Waker)>,
+}
+
+struct SideFlag {
+    due: AtomicBool,
+    task: Waker,
+}
+
+impl Wake for SideFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.due.store(true, Ordering::Release);
+        self.task.wake_by_ref();
+    }
+}
+
+impl SideWake {
+    /// The waker to poll the side futures with, if they are due a poll: on the first poll,
+    /// when the task's waker changed, or after one of them woke the task.
+    fn due(&mut self, cx: &Context<'_>) -> Option<&Waker> {
+        let fresh = !matches!(&self.current, Some((flag, _)) if flag.task.will_wake(cx.waker()));
+        if fresh {
+            let flag = Arc::new(SideFlag {
+                due: AtomicBool::new(false),
+                task: cx.waker().clone(),
+            });
+            self.current = Some((flag.clone(), Waker::from(flag)));
+        }
+        let (flag, waker) = self.current.as_ref()?;
+        (fresh || flag.due.swap(false, Ordering::AcqRel)).then_some(waker)
+    }
+
+    /// Has the side futures polled at the next chance.
+    fn rearm(&self) {
+        if let Some((flag, _)) = &self.current {
+            flag.due.store(true, Ordering::Release);
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
