@@ -20,7 +20,8 @@ pub struct Runtime {
     /// Leaf certificates for intercepted hosts; present when a provider intercepts.
     pub leaves: Option<Arc<LeafCache>>,
     /// Per provider, by name.
-    pub providers: HashMap<String, Arc<ProviderRuntime>>,
+    /// Looked up by name on every call: foldhash, not SipHash (the names are the config's).
+    pub providers: ProviderMap,
 }
 
 impl Runtime {
@@ -28,6 +29,9 @@ impl Runtime {
         self.providers.get(name)
     }
 }
+
+/// The runtime state of each configured provider, by name.
+pub type ProviderMap = HashMap<String, Arc<ProviderRuntime>, foldhash::fast::RandomState>;
 
 /// State that outlives a config: the quota engine and the key pools.
 pub struct Persistent {
@@ -87,6 +91,7 @@ pub struct ProviderRuntime {
     pub stats: Arc<ProviderStats>,
     /// Shares this provider's key states with other replicas (Redis backend).
     pub key_sync: Option<Arc<crate::state::KeySync>>,
+    pub metrics: crate::telemetry::ProviderMetrics,
 }
 
 impl ProviderRuntime {
@@ -120,10 +125,7 @@ impl ProviderRuntime {
 }
 
 /// Builds the per-provider runtimes and applies their specs to the engine.
-pub fn providers(
-    config: &Config,
-    persistent: &Persistent,
-) -> HashMap<String, Arc<ProviderRuntime>> {
+pub fn providers(config: &Config, persistent: &Persistent) -> ProviderMap {
     let specs: Vec<quota::ProviderSpec> =
         config.providers.iter().map(|p| provider_spec(p)).collect();
     persistent.engine.replace(specs);
@@ -133,7 +135,7 @@ pub fn providers(
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     let mut stats = persistent.stats.lock().unwrap_or_else(|p| p.into_inner());
-    let mut out = HashMap::new();
+    let mut out = ProviderMap::default();
     for p in &config.providers {
         let Some(handle) = persistent.engine.provider(&p.name) else {
             continue;
@@ -190,6 +192,7 @@ pub fn providers(
             usage,
             stats: stats.entry(p.name.clone()).or_default().clone(),
             key_sync: persistent.key_sync.get().cloned(),
+            metrics: crate::telemetry::ProviderMetrics::new(&p.name),
         };
         out.insert(p.name.clone(), Arc::new(rt));
     }

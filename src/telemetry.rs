@@ -141,6 +141,57 @@ fn describe() {
 /// hashes it). Labels are provider names from the config and `unmatched`, so the cache
 /// stays as small as the config. Handles taken before the recorder is installed are no-ops:
 /// the binary installs it before serving.
+/// Every `outcome` of `quota_proxy_requests_total` a provider's calls can have.
+const PROVIDER_OUTCOMES: [&str; 5] = [
+    "forwarded",
+    "delayed",
+    "rejected",
+    "upstream_429",
+    "upstream_error",
+];
+
+/// One provider's metric handles, kept with its runtime state so a call finds them without a
+/// registry or cache lookup (hashing the provider's name and taking a lock, twice per call).
+/// Each is registered on first use, so a provider's `/metrics` lines appear as they happen.
+pub struct ProviderMetrics {
+    provider: String,
+    requests: [std::sync::OnceLock<metrics::Counter>; PROVIDER_OUTCOMES.len()],
+    upstream_duration: std::sync::OnceLock<metrics::Histogram>,
+    delay: std::sync::OnceLock<metrics::Histogram>,
+}
+
+impl ProviderMetrics {
+    pub fn new(provider: &str) -> Self {
+        ProviderMetrics {
+            provider: provider.to_string(),
+            requests: Default::default(),
+            upstream_duration: Default::default(),
+            delay: Default::default(),
+        }
+    }
+
+    /// Counts one call with this outcome in `quota_proxy_requests_total`.
+    pub fn count(&self, outcome: &'static str) {
+        match PROVIDER_OUTCOMES.iter().position(|o| *o == outcome) {
+            Some(i) => self.requests[i]
+                .get_or_init(|| handles::requests(&self.provider, PROVIDER_OUTCOMES[i]))
+                .increment(1),
+            None => handles::requests(&self.provider, outcome).increment(1),
+        }
+    }
+
+    /// `quota_proxy_upstream_duration_seconds{provider}`.
+    pub fn upstream_duration(&self) -> &metrics::Histogram {
+        self.upstream_duration
+            .get_or_init(|| handles::upstream_duration(&self.provider))
+    }
+
+    /// `quota_proxy_delay_seconds{provider}`.
+    pub fn delay(&self) -> &metrics::Histogram {
+        self.delay.get_or_init(|| handles::delay(&self.provider))
+    }
+}
+
 pub mod handles {
     use std::collections::HashMap;
     use std::sync::{OnceLock, PoisonError, RwLock};

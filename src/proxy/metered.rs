@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use super::body::{self, RequestBody};
 use super::headers::CallerHints;
 use super::settle::{self, Settlement};
-use super::{count, error, Body, BoxError, ProxyError};
+use super::{error, Body, BoxError, ProxyError};
 use crate::config::{Action, Config, Inject};
 use crate::keys::{self, LearnedUnit};
 use crate::quota::{self, Costs, Demand, KeyOption, Micros, Permit, Priority, Refusal};
@@ -127,13 +127,14 @@ pub async fn send(
             call.client.request(request),
         )
         .await;
-        crate::telemetry::handles::upstream_duration(&p.config.name)
+        p.metrics
+            .upstream_duration()
             .record(started.elapsed().as_secs_f64());
         let resp = match sent {
             Ok(Ok(resp)) => resp,
             failed => {
                 end_key(p, key_idx);
-                count(&p.config.name, "upstream_error");
+                p.metrics.count("upstream_error");
                 record(
                     p,
                     call.engine,
@@ -215,9 +216,9 @@ pub async fn send(
             (_, d) if d > 0 => "delayed",
             _ => "forwarded",
         };
-        count(&p.config.name, outcome);
+        p.metrics.count(outcome);
         if delayed > 0 {
-            crate::telemetry::handles::delay(&p.config.name).record(delayed as f64 / 1e6);
+            p.metrics.delay().record(delayed as f64 / 1e6);
         }
         let resp = settle::tap_response(resp, settlement, strip_usage);
         let mut resp = decorate(
@@ -262,7 +263,7 @@ async fn admit(
 ) -> Result<Admitted, ProxyError> {
     let p = call.provider;
     let refuse = |r: Refusal| {
-        count(&p.config.name, "rejected");
+        p.metrics.count("rejected");
         record(
             p,
             call.engine,
@@ -538,7 +539,7 @@ fn finish_plain(
     key: Option<&str>,
     delayed: Micros,
 ) -> Response<Body> {
-    count(&p.config.name, "upstream_429");
+    p.metrics.count("upstream_429");
     let (mut parts, body) = resp.into_parts();
     super::headers::strip_hop_by_hop(&mut parts.headers);
     parts.version = http::Version::HTTP_11;

@@ -102,25 +102,43 @@ pub fn split_authority(authority: &str, default_port: u16) -> Option<(String, u1
     split_parsed_authority(&uri_auth, default_port)
 }
 
-/// [`split_authority`] of an authority already parsed (a request URI's): no second parse.
+/// [`split_authority`] of an authority already parsed (a request URI's): no second parse,
+/// one pass over its bytes (the `http` crate's `host()` and `port_u16()` each search it again).
+/// A port that is not a number up to 65535 is refused; an empty one (`host:`) is the default.
 pub fn split_parsed_authority(
     uri_auth: &http::uri::Authority,
     default_port: u16,
 ) -> Option<(String, u16)> {
-    if uri_auth.as_str().contains('@') {
+    let s = uri_auth.as_str().as_bytes();
+    if s.contains(&b'@') {
         return None;
     }
-    let host = uri_auth
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
+    let (host, port) = match s.strip_prefix(b"[") {
+        Some(rest) => {
+            let end = rest.iter().position(|&b| b == b']')?;
+            (&rest[..end], &rest[end + 1..])
+        }
+        None => match s.iter().rposition(|&b| b == b':') {
+            Some(i) => (&s[..i], &s[i..]),
+            None => (s, &s[s.len()..]),
+        },
+    };
+    let port = match port {
+        [] | [b':'] => default_port,
+        [b':', digits @ ..] if digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit) => {
+            let n = digits
+                .iter()
+                .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+            u16::try_from(n).ok()?
+        }
+        _ => return None,
+    };
     if host.is_empty() {
         return None;
     }
-    Some((
-        host.to_ascii_lowercase(),
-        uri_auth.port_u16().unwrap_or(default_port),
-    ))
+    // The authority parsed, so its bytes are ASCII.
+    let host = std::str::from_utf8(host).ok()?;
+    Some((host.to_ascii_lowercase(), port))
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host` (CONNECT is let off, as
@@ -170,5 +188,18 @@ mod tests {
         assert_eq!(split_authority("user@example.com", 80), None);
         assert_eq!(split_authority("", 80), None);
         assert_eq!(split_authority("a b", 80), None);
+        assert_eq!(
+            split_authority("Example.com:", 80),
+            Some(("example.com".into(), 80))
+        );
+        assert_eq!(
+            split_authority("[2001:DB8::1]", 443),
+            Some(("2001:db8::1".into(), 443))
+        );
+        assert_eq!(split_authority("example.com:65536", 80), None);
+        assert_eq!(split_authority("example.com:99999999", 80), None);
+        assert_eq!(split_authority("[::1]x", 80), None);
+        assert_eq!(split_authority("[]:80", 80), None);
+        assert_eq!(split_authority(":80", 80), None);
     }
 }

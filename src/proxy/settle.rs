@@ -123,7 +123,7 @@ fn settle(s: Settlement, status: u16, outcome: TapOutcome) {
     let now = s.clock.now();
     if outcome.failed {
         // The head arrived (and was counted) but the body broke off: a reset or truncation.
-        super::count(&p.config.name, "upstream_error");
+        p.metrics.count("upstream_error");
         p.stats.record(
             now,
             crate::stats::Bucket {

@@ -86,7 +86,8 @@ struct Inner {
 
 #[derive(Default)]
 struct Pool {
-    hosts: HashMap<PoolKey, Vec<Pooled>>,
+    /// Two lookups per request: foldhash (randomly seeded), not SipHash.
+    hosts: HashMap<PoolKey, Vec<Pooled>, foldhash::fast::RandomState>,
     sweeping: bool,
 }
 
