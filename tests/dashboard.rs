@@ -136,6 +136,8 @@ action = "reject"
     // Keep a screenshot for people to look at (target/dashboard.png).
     let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard.png");
     let _ = std::fs::remove_file(&shot);
+    // target/ is absent when the build goes elsewhere (CARGO_TARGET_DIR).
+    std::fs::create_dir_all(shot.parent().expect("target dir")).expect("target dir created");
     let flag = format!("--screenshot={}", shot.display());
     tokio::task::spawn_blocking({
         let (bin, dir) = (bin.clone(), profile.path().to_path_buf());

@@ -70,7 +70,7 @@ pub async fn handle(
         let icpt = Intercepted {
             host: host.clone(),
             port,
-            client: hints.client.clone(),
+            client: hints.client.to_string(),
             tls: true,
         };
         let (shared2, peer) = (shared.clone(), conn.peer);

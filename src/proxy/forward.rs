@@ -62,8 +62,9 @@ pub async fn handle(
                 "CONNECT inside an intercepted tunnel is not supported".into(),
             ));
         }
-        if !req.headers().contains_key(headers::CLIENT_HEADER) && hints.client == "anonymous" {
-            hints.client = icpt.client.clone();
+        if !req.headers().contains_key(headers::CLIENT_HEADER) && hints.client == headers::ANONYMOUS
+        {
+            hints.client = icpt.client.clone().into();
         }
     }
     let mut dest = destination(config, conn, &req)?;

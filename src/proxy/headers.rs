@@ -1,13 +1,19 @@
 //! Header normalisation [pure]: hop-by-hop and proxy-only headers are stripped in both
 //! directions; the `x-quota-*` request headers are read into [`CallerHints`] and consumed.
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 use http::header::{self, HeaderMap, HeaderName};
+
+use crate::quota::Priority;
 
 /// Request headers the proxy reads and never forwards.
 pub const CLIENT_HEADER: &str = "x-quota-client";
 pub const PRIORITY_HEADER: &str = "x-quota-priority";
 pub const MAX_DELAY_HEADER: &str = "x-quota-max-delay";
+/// The client of a call that names none.
+pub const ANONYMOUS: &str = "anonymous";
 
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -50,9 +56,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Who is calling and how patient they are, from the consumed request headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallerHints {
-    pub client: String,
-    /// `critical`, `high`, `normal` or `low` (already validated).
-    pub priority: &'static str,
+    /// `anonymous` unless the caller named itself (borrowed then: no allocation per call).
+    pub client: Cow<'static, str>,
+    pub priority: Priority,
     pub max_delay: Option<std::time::Duration>,
     /// The password from `Proxy-Authorization: Basic`, if any.
     pub proxy_password: Option<String>,
@@ -64,8 +70,8 @@ pub fn take_caller_hints(headers: &mut HeaderMap) -> Result<CallerHints, String>
     let quota_headers = headers.keys().any(|k| k.as_str().starts_with("x-quota-"));
     if !quota_headers && !headers.contains_key(header::PROXY_AUTHORIZATION) {
         return Ok(CallerHints {
-            client: "anonymous".to_string(),
-            priority: "normal",
+            client: Cow::Borrowed(ANONYMOUS),
+            priority: Priority::Normal,
             max_delay: None,
             proxy_password: None,
         });
@@ -83,36 +89,26 @@ pub fn take_caller_hints(headers: &mut HeaderMap) -> Result<CallerHints, String>
             if v.is_empty() || v.len() > 128 || !v.chars().all(is_id_char) {
                 return Err(format!("{CLIENT_HEADER} must be 1 to 128 characters of letters, digits, `-`, `_`, `.`, `@` or `:`"));
             }
-            v.to_string()
+            Cow::Owned(v.to_string())
         }
         None => match &basic {
             Some((user, _))
                 if !user.is_empty() && user.chars().all(is_id_char) && user.len() <= 128 =>
             {
-                user.clone()
+                Cow::Owned(user.clone())
             }
-            _ => "anonymous".to_string(),
+            _ => Cow::Borrowed(ANONYMOUS),
         },
     };
     let priority = match headers.remove(PRIORITY_HEADER) {
-        None => "normal",
-        Some(v) => match v
+        None => Priority::Normal,
+        Some(v) => v
             .to_str()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "critical" => "critical",
-            "high" => "high",
-            "normal" => "normal",
-            "low" => "low",
-            _ => {
-                return Err(format!(
-                    "{PRIORITY_HEADER} must be one of critical, high, normal, low"
-                ))
-            }
-        },
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| {
+                format!("{PRIORITY_HEADER} must be one of critical, high, normal, low")
+            })?,
     };
     let max_delay = match headers.remove(MAX_DELAY_HEADER) {
         None => None,
@@ -227,7 +223,7 @@ mod tests {
     fn priority_and_max_delay() {
         let mut h = map(&[("x-quota-priority", "LOW"), ("x-quota-max-delay", "2.5")]);
         let hints = take_caller_hints(&mut h).unwrap();
-        assert_eq!(hints.priority, "low");
+        assert_eq!(hints.priority, Priority::Low);
         assert_eq!(
             hints.max_delay,
             Some(std::time::Duration::from_millis(2500))

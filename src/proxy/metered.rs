@@ -70,7 +70,7 @@ pub async fn send(
     };
     let costs = estimate.costs;
     let needs = learned_needs(&costs);
-    let priority = hints_priority(call.hints);
+    let priority = call.hints.priority;
     let app_key = match p.secrets.is_empty() {
         true => {
             keys::inject::app_credential(&head.headers, head.uri.query(), &p.config.keys.inject)
@@ -360,10 +360,6 @@ async fn admit(
 fn budget(p: &ProviderRuntime, hints: &CallerHints) -> Micros {
     let max = p.config.on_limit.max_delay;
     quota::duration_micros(hints.max_delay.map_or(max, |h| h.min(max)))
-}
-
-fn hints_priority(hints: &CallerHints) -> Priority {
-    hints.priority.parse().unwrap_or(Priority::Normal)
 }
 
 fn learned_needs(costs: &Costs) -> Vec<(LearnedUnit, f64)> {

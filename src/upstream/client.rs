@@ -188,7 +188,8 @@ impl UpstreamClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let sender = match self.checkout(&key) {
+            let now = Instant::now();
+            let sender = match self.checkout(&key, now) {
                 Some(s) => s,
                 // Boxed: the connect future is large, and the request future is moved.
                 None => Box::pin(self.connect(&key)).await?,
@@ -204,7 +205,7 @@ impl UpstreamClient {
                     *req.version_mut() = http::Version::HTTP_11;
                     let response = s.try_send_request(req);
                     // Busy until its connection has read the response: pooled already.
-                    self.put_back(&key, Sender::H1(s));
+                    self.put_back(&key, Sender::H1(s), now);
                     response.await
                 }
                 Sender::H2(mut s) => s.try_send_request(req).await,
@@ -224,8 +225,7 @@ impl UpstreamClient {
 
     /// A sender ready now for `key`, dropping the stale ones met on the way (newest first,
     /// so a warm connection is reused before an older one).
-    fn checkout(&self, key: &PoolKey) -> Option<Sender> {
-        let now = Instant::now();
+    fn checkout(&self, key: &PoolKey, now: Instant) -> Option<Sender> {
         let mut pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
         let list = pool.hosts.get_mut(key)?;
         let mut i = list.len();
@@ -248,18 +248,16 @@ impl UpstreamClient {
         None
     }
 
-    /// Returns a sender to the pool, unless the authority already has the most it keeps.
-    fn put_back(&self, key: &PoolKey, sender: Sender) {
+    /// Returns a sender to the pool, unless the authority already has the most it keeps;
+    /// `now` is when its request was sent (one clock read serves the checkout and this).
+    fn put_back(&self, key: &PoolKey, sender: Sender, now: Instant) {
         let mut pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
         let list = match pool.hosts.get_mut(key) {
             Some(list) => list,
             None => pool.hosts.entry(key.clone()).or_default(),
         };
         if list.len() < self.inner.max_per_host {
-            list.push(Pooled {
-                sender,
-                used: Instant::now(),
-            });
+            list.push(Pooled { sender, used: now });
         }
     }
 
@@ -293,7 +291,7 @@ impl UpstreamClient {
                     tracing::debug!(error = %e, "upstream h2 connection ended with an error");
                 }
             });
-            self.put_back(key, Sender::H2(sender.clone()));
+            self.put_back(key, Sender::H2(sender.clone()), Instant::now());
             Ok(Sender::H2(sender))
         } else {
             let (sender, conn) = self.inner.h1.handshake(io).await.map_err(handshake)?;
