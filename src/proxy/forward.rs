@@ -1,6 +1,7 @@
 //! The forwarding pipeline shared by absolute-form, route-mode and intercepted requests:
 //! caller hints → destination + policy → upstream request → streamed response.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -23,7 +24,8 @@ struct Destination {
     https: bool,
     host: String,
     port: u16,
-    path_and_query: String,
+    /// Shares the request's bytes in the usual case (no copy).
+    path_and_query: PathAndQuery,
     provider: Option<Arc<Provider>>,
 }
 
@@ -43,6 +45,30 @@ impl Destination {
             super::settle::push_u64(&mut s, u64::from(self.port));
         }
         s
+    }
+
+    /// Whether `a` is exactly what [`Destination::authority`] would build.
+    fn spelled_by(&self, a: &str) -> bool {
+        let default = if self.https { 443 } else { 80 };
+        let rest = if self.host.contains(':') {
+            a.strip_prefix('[')
+                .and_then(|r| r.strip_prefix(self.host.as_str()))
+                .and_then(|r| r.strip_prefix(']'))
+        } else {
+            a.strip_prefix(self.host.as_str())
+        };
+        match rest {
+            Some("") => self.port == default,
+            Some(r) => {
+                self.port != default
+                    && r.strip_prefix(':').is_some_and(|d| {
+                        !d.starts_with('0')
+                            && d.bytes().all(|b| b.is_ascii_digit())
+                            && d.parse::<u16>() == Ok(self.port)
+                    })
+            }
+            None => false,
+        }
     }
 }
 
@@ -74,12 +100,17 @@ pub async fn handle(
     let label = dest
         .provider
         .as_ref()
-        .map(|p| p.name.clone())
-        .unwrap_or_else(|| "unmatched".into());
-    let original_authority = dest.authority();
+        .map_or("unmatched", |p| p.name.as_str());
+    // The request's own authority when it spells the destination as `authority()` would
+    // (the usual absolute-form call): nothing to build.
+    let req_authority = req.uri().authority().cloned();
+    let original_authority: Cow<'_, str> = match &req_authority {
+        Some(a) if dest.spelled_by(a.as_str()) => Cow::Borrowed(a.as_str()),
+        _ => Cow::Owned(dest.authority()),
+    };
     if dest.provider.is_none() {
         if config.proxy.unmatched == Unmatched::Deny {
-            count(&label, "denied");
+            count(label, "denied");
             return Err(ProxyError::Forbidden(format!(
                 "{} is not a configured provider and unmatched = \"deny\"",
                 dest.host
@@ -107,7 +138,7 @@ pub async fn handle(
     }
     // Unmatched: the URI carries the pinned address, so its authority is built again.
     let pinned;
-    let authority = if dest.provider.is_none() {
+    let authority: &str = if dest.provider.is_none() {
         pinned = dest.authority();
         &pinned
     } else {
@@ -143,16 +174,16 @@ pub async fn handle(
     )
     .await;
     let elapsed = started.elapsed();
-    crate::telemetry::handles::upstream_duration(&label).record(elapsed.as_secs_f64());
+    crate::telemetry::handles::upstream_duration(label).record(elapsed.as_secs_f64());
     let resp = match sent {
         Err(_) => {
-            count(&label, "upstream_error");
+            count(label, "upstream_error");
             return Err(ProxyError::GatewayTimeout(crate::config::format_duration(
                 config.proxy.upstream_timeout,
             )));
         }
         Ok(Err(e)) => {
-            count(&label, "upstream_error");
+            count(label, "upstream_error");
             return Err(ProxyError::BadGateway(describe_client_error(
                 &original_authority,
                 &e,
@@ -165,7 +196,7 @@ pub async fn handle(
         (true, 429) => "upstream_429",
         (true, _) => "forwarded",
     };
-    count(&label, outcome);
+    count(label, outcome);
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     parts.version = http::Version::HTTP_11;
@@ -206,9 +237,8 @@ fn destination(
     let uri = req.uri();
     let path_and_query = uri
         .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .to_string();
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     if let Some(icpt) = &conn.intercepted {
         for given in request_authorities(req)? {
             let agrees = split_authority(&given, icpt.port)
@@ -279,7 +309,8 @@ fn destination(
         https: upstream.https,
         host: upstream.host.clone(),
         port: upstream.port,
-        path_and_query: format!("{}{rest}{query}", upstream.base_path),
+        path_and_query: PathAndQuery::try_from(format!("{}{rest}{query}", upstream.base_path))
+            .map_err(|_| ProxyError::BadRequest("the request URI cannot be forwarded".into()))?,
         provider: Some(provider.clone()),
     })
 }
@@ -335,12 +366,12 @@ fn upstream_uri(dest: &Destination, authority: &str, request_uri: &Uri) -> Resul
             .is_some_and(|a| a.as_str() == authority)
         && request_uri
             .path_and_query()
-            .is_some_and(|pq| pq.as_str() == dest.path_and_query)
+            .is_some_and(|pq| *pq == dest.path_and_query)
     {
         return Ok(request_uri.clone());
     }
     let authority = Authority::try_from(authority).map_err(bad)?;
-    let pq = PathAndQuery::try_from(dest.path_and_query.as_str()).map_err(bad)?;
+    let pq = dest.path_and_query.clone();
     Uri::builder()
         .scheme(scheme)
         .authority(authority)
@@ -410,5 +441,42 @@ pub(super) fn describe_client_error(authority: &str, e: &crate::upstream::Upstre
         format!("cannot connect to upstream {authority}: {cause}")
     } else {
         format!("upstream {authority} failed: {cause}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dest(https: bool, host: &str, port: u16) -> Destination {
+        Destination {
+            https,
+            host: host.into(),
+            port,
+            path_and_query: PathAndQuery::from_static("/"),
+            provider: None,
+        }
+    }
+
+    #[test]
+    fn an_authority_is_borrowed_only_when_it_is_spelled_as_built() {
+        let cases = [
+            (dest(false, "api.test", 8080), "api.test:8080", true),
+            (dest(false, "api.test", 80), "api.test", true),
+            (dest(true, "api.test", 443), "api.test", true),
+            (dest(false, "::1", 9000), "[::1]:9000", true),
+            (dest(false, "api.test", 80), "api.test:80", false),
+            (dest(false, "api.test", 8080), "api.test:08080", false),
+            (dest(false, "api.test", 8080), "API.test:8080", false),
+            (dest(false, "api.test", 8080), "api.test:8081", false),
+            (dest(false, "api.test", 8080), "api.test.:8080", false),
+            (dest(false, "::1", 9000), "::1:9000", false),
+        ];
+        for (d, given, want) in cases {
+            assert_eq!(d.spelled_by(given), want, "{given}");
+            if want {
+                assert_eq!(d.authority(), given, "spelled as built");
+            }
+        }
     }
 }

@@ -362,17 +362,37 @@ fn budget(p: &ProviderRuntime, hints: &CallerHints) -> Micros {
     quota::duration_micros(hints.max_delay.map_or(max, |h| h.min(max)))
 }
 
-fn learned_needs(costs: &Costs) -> Vec<(LearnedUnit, f64)> {
-    [
+/// The units a call costs that keys learn limits in, with the amounts (at most five, kept
+/// in place: no allocation per call).
+struct Needs {
+    items: [(LearnedUnit, f64); 5],
+    len: usize,
+}
+
+impl std::ops::Deref for Needs {
+    type Target = [(LearnedUnit, f64)];
+
+    fn deref(&self) -> &Self::Target {
+        &self.items[..self.len]
+    }
+}
+
+fn learned_needs(costs: &Costs) -> Needs {
+    let all = [
         (LearnedUnit::Requests, costs.requests),
         (LearnedUnit::Tokens, costs.tokens),
         (LearnedUnit::InputTokens, costs.input_tokens),
         (LearnedUnit::OutputTokens, costs.output_tokens),
         (LearnedUnit::Credits, costs.credits),
-    ]
-    .into_iter()
-    .filter(|(_, c)| *c > 0.0)
-    .collect()
+    ];
+    let mut needs = Needs { items: all, len: 0 };
+    for item in all {
+        if item.1 > 0.0 {
+            needs.items[needs.len] = item;
+            needs.len += 1;
+        }
+    }
+    needs
 }
 
 /// Sets OpenAI's `stream_options.include_usage` when the app did not; true when it did so

@@ -11,7 +11,7 @@ use super::Body;
 use crate::keys::{KeyEvent, Learned};
 use crate::quota::{self, Clock, Costs, Headroom, Micros, Permit, Unit};
 use crate::runtime::{learned_unit, ProviderRuntime};
-use crate::signals::{self, Signals, TapConfig, TapOutcome, UsageFormat, UsageTap, Verdict};
+use crate::signals::{self, Signals, TapConfig, TapOutcome, UsageTap, Verdict};
 
 /// Everything needed to settle a call once its response body is done.
 pub struct Settlement {
@@ -96,15 +96,11 @@ pub fn observe_key(
 /// to its real cost (or, when usage is unknown, kept at the estimate).
 pub fn tap_response(resp: Response<Body>, s: Settlement, strip_usage: bool) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
-    let format = s.provider.usage.clone();
-    let mut config = TapConfig::for_response(
-        format.clone().unwrap_or(UsageFormat::OpenAi),
-        &parts.headers,
-    )
-    .strip_usage_chunk(strip_usage);
-    if format.is_none() {
-        config.kind = signals::BodyKind::Opaque;
+    let config = match &s.provider.usage {
+        Some(format) => TapConfig::for_response(format.clone(), &parts.headers),
+        None => TapConfig::opaque(),
     }
+    .strip_usage_chunk(strip_usage);
     if strip_usage {
         parts.headers.remove(http::header::CONTENT_LENGTH);
     }

@@ -85,6 +85,16 @@ impl TapConfig {
         }
     }
 
+    /// A body read for nothing (a provider whose usage is not read): no header is looked at.
+    pub fn opaque() -> Self {
+        TapConfig {
+            format: UsageFormat::OpenAi,
+            kind: BodyKind::Opaque,
+            strip_openai_usage_chunk: false,
+            json_cap: DEFAULT_JSON_CAP,
+        }
+    }
+
     /// Also remove OpenAI's usage-only chunk (only meaningful for SSE).
     pub fn strip_usage_chunk(mut self, strip: bool) -> Self {
         self.strip_openai_usage_chunk = strip;
