@@ -155,7 +155,8 @@ where
         .max_buf_size(config.proxy.max_header_bytes.max(8192))
         // hyper's default header count (100, as the first-head check uses): any other value
         // makes hyper allocate and fill a header array on every request.
-        .keep_alive(true);
+        .keep_alive(true)
+        .writev(false);
     let mut http = Box::new(b.serve_connection(TokioIo::new(Rewind::new(prefix, io)), service));
 
     let mut shutdown = shared.shutdown.clone();

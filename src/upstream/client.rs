@@ -161,7 +161,8 @@ impl UpstreamClient {
         idle_timeout: Duration,
         max_per_host: usize,
     ) -> Self {
-        let h1 = http1::Builder::new();
+        let mut h1 = http1::Builder::new();
+        h1.writev(false);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new()).adaptive_window(true);
         UpstreamClient {
