@@ -173,33 +173,25 @@ mod tests {
 
     #[test]
     fn authorities_split() {
-        assert_eq!(
-            split_authority("API.example.com:8443", 443),
-            Some(("api.example.com".into(), 8443))
-        );
-        assert_eq!(
-            split_authority("example.com", 80),
-            Some(("example.com".into(), 80))
-        );
-        assert_eq!(
-            split_authority("[::1]:9000", 80),
-            Some(("::1".into(), 9000))
-        );
-        assert_eq!(split_authority("user@example.com", 80), None);
-        assert_eq!(split_authority("", 80), None);
-        assert_eq!(split_authority("a b", 80), None);
-        assert_eq!(
-            split_authority("Example.com:", 80),
-            Some(("example.com".into(), 80))
-        );
-        assert_eq!(
-            split_authority("[2001:DB8::1]", 443),
-            Some(("2001:db8::1".into(), 443))
-        );
-        assert_eq!(split_authority("example.com:65536", 80), None);
-        assert_eq!(split_authority("example.com:99999999", 80), None);
-        assert_eq!(split_authority("[::1]x", 80), None);
-        assert_eq!(split_authority("[]:80", 80), None);
-        assert_eq!(split_authority(":80", 80), None);
+        let cases = [
+            ("API.example.com:8443", 443, Some(("api.example.com", 8443))),
+            ("example.com", 80, Some(("example.com", 80))),
+            ("[::1]:9000", 80, Some(("::1", 9000))),
+            ("Example.com:", 80, Some(("example.com", 80))),
+            ("[2001:DB8::1]", 443, Some(("2001:db8::1", 443))),
+            ("user@example.com", 80, None),
+            ("", 80, None),
+            ("a b", 80, None),
+            ("example.com:65536", 80, None),
+            ("example.com:99999999", 80, None),
+            ("[::1]x", 80, None),
+            ("[]:80", 80, None),
+            (":80", 80, None),
+            ("example.com:+80", 80, None),
+        ];
+        for (given, default, want) in cases {
+            let want = want.map(|(h, p)| (h.to_string(), p));
+            assert_eq!(split_authority(given, default), want, "{given:?}");
+        }
     }
 }
