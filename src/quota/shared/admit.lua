@@ -1,20 +1,30 @@
 -- quota-proxy: one admission, atomically, on the Redis server's clock.
--- KEYS[i]: the counter of item i. ARGV[1]: item count; then per item 6 fields and m more:
---   kind ('r' rolling | 'b' token bucket | 'c' calendar | 'k' concurrency), cost, cap, p1, p2, m
+-- KEYS[i]: the counter of item i. ARGV[1]: one record per item, packed little-endian as
+--   (kind: 1 byte, then 5 doubles: cost, cap, p1, p2, m) so no number is formatted or
+--   parsed as text on either side; ARGV[2..]: the items' string fields, m per item, in order.
+--   kind ('r' rolling | 'b' token bucket | 'c' calendar | 'k' concurrency)
 --   r: p1 = sub-bucket width µs, p2 = sub-buckets per window (n)
 --   b: p1 = refill rate per µs, p2 = burst
 --   c: p1 = period start µs, p2 = period end µs (computed by the proxy)
---   k: p1 = lease µs, p2 = lease member (unique per call)
---   m > 0 (calendar with client shares): the caller's group (1-based), borrow (0|1), the
+--   k: p1 = lease µs; its one string field is the lease member (unique per call)
+--   calendar with client shares (m > 0): the caller's group (1-based), borrow (0|1), the
 --   limit's whole amount, then (field, fraction) per group, the last being everyone not
 --   listed; per-group usage lives in the hash KEYS[i]..':g' (the rule of quota/shares.rs).
--- Replies: {1, now, used_1, ..., used_n} admitted (each counter's usage with this call, in
---   thousandths of a unit) | {0, until, item, on_release, now} wait |
---          {2, item, now} too large | {3, now} calendar bounds stale (recompute, call again)
+-- Replies are one string of integers separated by spaces (one value for the client to
+--   parse instead of an array of them):
+--   "1 now used_1 ... used_n" admitted (each counter's usage with this call, in thousandths
+--   of a unit) | "0 until item on_release now" wait | "2 item now" too large |
+--   "3 now" calendar bounds stale (recompute, call again)
 local MARGIN = 60000 -- ms kept beyond a counter's last relevant instant
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local n = tonumber(ARGV[1])
+local n = #KEYS
+
+-- Integers as one string ("%d": Lua's own number formatting keeps 14 digits only).
+local function reply(t)
+  for j = 1, #t do t[j] = string.format('%d', t[j]) end
+  return table.concat(t, ' ')
+end
 
 local function fits(used, cost, cap)
   return used + cost <= cap + 1e-9 * math.max(math.abs(cap), 1)
@@ -142,46 +152,48 @@ local function concurrency(key, cap)
   return 'release'
 end
 
-local items, a = {}, 2
+local items, a, pos = {}, 2, 1
 for i = 1, n do
-  local it = {kind = ARGV[a], cost = ARGV[a + 1], cap = tonumber(ARGV[a + 2]),
-    p1 = tonumber(ARGV[a + 3]), p2 = ARGV[a + 4]}
-  local m = tonumber(ARGV[a + 5])
-  if m > 0 then
-    local sh = {group = tonumber(ARGV[a + 6]), borrow = ARGV[a + 7] == '1',
-      amount = tonumber(ARGV[a + 8]), fields = {}, fracs = {}}
-    for j = a + 9, a + 5 + m, 2 do
+  local kind, cost, cap, p1, p2, m
+  kind, cost, cap, p1, p2, m, pos = struct.unpack('<c1ddddd', ARGV[1], pos)
+  local it = {kind = kind, cost = cost, cap = cap, p1 = p1, p2 = p2}
+  if kind == 'k' then
+    it.p2 = ARGV[a]
+  elseif m > 0 then
+    local sh = {group = tonumber(ARGV[a]), borrow = ARGV[a + 1] == '1',
+      amount = tonumber(ARGV[a + 2]), fields = {}, fracs = {}}
+    for j = a + 3, a + m - 1, 2 do
       sh.fields[#sh.fields + 1] = ARGV[j]
       sh.fracs[#sh.fracs + 1] = tonumber(ARGV[j + 1])
     end
     it.share = sh
   end
   items[i] = it
-  a = a + 6 + m
+  a = a + m
 end
 
 local latest, latest_i, release_i = nil, nil, nil
 for i = 1, n do
   local it = items[i]
-  local kind, cost, cap, p1, p2 = it.kind, tonumber(it.cost), it.cap, it.p1, it.p2
+  local kind, cost, cap, p1, p2 = it.kind, it.cost, it.cap, it.p1, it.p2
   local fit, at
-  if kind == 'r' then fit, at = rolling(it, KEYS[i], cost, cap, p1, tonumber(p2))
-  elseif kind == 'b' then fit, at = bucket(KEYS[i], cost, cap, p1, tonumber(p2))
+  if kind == 'r' then fit, at = rolling(it, KEYS[i], cost, cap, p1, p2)
+  elseif kind == 'b' then fit, at = bucket(KEYS[i], cost, cap, p1, p2)
   elseif kind == 'c' then
-    fit, at = calendar(it, KEYS[i], cost, cap, p1, tonumber(p2))
+    fit, at = calendar(it, KEYS[i], cost, cap, p1, p2)
     if it.share ~= nil and fit ~= 'stale' and fit ~= 'never' then
       local s = share_check(KEYS[i], it.used, cost, it.share)
       if s == 'never' then fit = 'never'
-      elseif s == 'later' then fit, at = 'at', tonumber(p2) end
+      elseif s == 'later' then fit, at = 'at', p2 end
     end
   else fit = concurrency(KEYS[i], cap) end
-  if fit == 'stale' then return {3, now} end
-  if fit == 'never' then return {2, i, now} end
+  if fit == 'stale' then return reply({3, now}) end
+  if fit == 'never' then return reply({2, i, now}) end
   if fit == 'at' and (latest == nil or at > latest) then latest, latest_i = at, i end
   if fit == 'release' and release_i == nil then release_i = i end
 end
 if release_i ~= nil or latest ~= nil then
-  return {0, latest or now, release_i or latest_i, release_i and 1 or 0, now}
+  return reply({0, latest or now, release_i or latest_i, release_i and 1 or 0, now})
 end
 
 for i = 1, n do
@@ -191,22 +203,21 @@ for i = 1, n do
   -- Values are written whole (numbers reach Redis at full precision) rather than with
   -- INCRBYFLOAT, whose long-double formatting costs more than the rest of the script.
   if kind == 'r' then
-    local c = tonumber(cost)
-    redis.call('HSET', key, math.floor(now / p1), it.current + c, 's', it.sum + c)
+    redis.call('HSET', key, math.floor(now / p1), it.current + cost, 's', it.sum + cost)
     if it.current == 0 then
       -- A new sub-bucket: the hash must outlive it.
-      redis.call('PEXPIRE', key, math.ceil((tonumber(p2) + 1) * p1 / 1000) + MARGIN)
+      redis.call('PEXPIRE', key, math.ceil((p2 + 1) * p1 / 1000) + MARGIN)
     end
   elseif kind == 'b' then
-    local burst = tonumber(p2)
-    local level = bucket_level(key, p1, burst) - tonumber(cost)
+    local burst = p2
+    local level = bucket_level(key, p1, burst) - cost
     it.level = level
     redis.call('HSET', key, 'level', level, 'last', now)
     local refill = p1 > 0 and math.ceil((burst - level) / p1 / 1000) or 86400000
     redis.call('PEXPIRE', key, refill + MARGIN)
   elseif kind == 'c' then
-    local ttl = math.ceil((tonumber(p2) - now) / 1000) + MARGIN
-    redis.call('SET', key, it.used + tonumber(cost), 'PX', ttl)
+    local ttl = math.ceil((p2 - now) / 1000) + MARGIN
+    redis.call('SET', key, it.used + cost, 'PX', ttl)
     if it.share ~= nil then
       redis.call('HINCRBYFLOAT', key .. ':g', it.share.fields[it.share.group], cost)
       redis.call('PEXPIRE', key .. ':g', ttl)
@@ -216,13 +227,13 @@ for i = 1, n do
     redis.call('PEXPIRE', key, math.ceil(p1 / 1000) + MARGIN)
   end
 end
-local reply = {1, now}
+local out = {1, now}
 for i = 1, n do
   local it = items[i]
   local used = 0
-  if it.kind == 'r' then used = it.sum + tonumber(it.cost)
-  elseif it.kind == 'c' then used = it.used + tonumber(it.cost)
-  elseif it.kind == 'b' then used = tonumber(it.p2) - it.level + tonumber(it.cost) end
-  reply[#reply + 1] = math.floor(used * 1000 + 0.5)
+  if it.kind == 'r' then used = it.sum + it.cost
+  elseif it.kind == 'c' then used = it.used + it.cost
+  elseif it.kind == 'b' then used = it.p2 - it.level + it.cost end
+  out[#out + 1] = math.floor(used * 1000 + 0.5)
 end
-return reply
+return reply(out)

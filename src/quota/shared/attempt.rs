@@ -59,7 +59,13 @@ fn reservation(costs: Costs, now: Micros, ticket: Ticket) -> Reservation {
 }
 
 impl ProviderHandle {
-    fn plan(&self, b: &RedisBackend, d: &Demand<'_>, redis_now: Micros, member: &str) -> Vec<Item> {
+    fn plan(
+        &self,
+        b: &RedisBackend,
+        d: &Demand<'_>,
+        redis_now: Micros,
+        member: &(dyn Fn() -> String + Sync),
+    ) -> Vec<Item> {
         let tag = self
             .redis_tag
             .get_or_init(|| super::keys::hash_tag(b.prefix(), self.name()));
@@ -74,7 +80,9 @@ impl ProviderHandle {
 
     /// One demand (no alternatives) through Redis.
     async fn shared_one(&self, b: &RedisBackend, d: &Demand<'_>, now: Micros) -> Shared {
-        let member = b.member();
+        // One lease member for the call (kept if a stale period makes it plan again).
+        let member = std::sync::OnceLock::new();
+        let member = || member.get_or_init(|| b.member()).clone();
         let mut items = self.plan(b, d, b.redis_now(now), &member);
         if items.is_empty() {
             let ticket = Ticket {
@@ -185,7 +193,7 @@ impl ProviderHandle {
                         one.account = option.account;
                     }
                     let at = b.redis_now(now);
-                    let items = self.plan(b, &one, at, "");
+                    let items = self.plan(b, &one, at, &String::new);
                     let ticket = Ticket {
                         items,
                         at,

@@ -261,7 +261,7 @@ impl RedisBackend {
         }
         push_admit_args(&mut cmd, items);
         let script = &self.admit;
-        let raw: Vec<i64> = self
+        let raw: redis::Value = self
             .call(|mut c| async move {
                 match cmd.query_async(&mut c).await {
                     // Redis lost its script cache (a restart, SCRIPT FLUSH): load it, once.
@@ -273,7 +273,11 @@ impl RedisBackend {
                 }
             })
             .await?;
-        let reply = Reply::decode(&raw).ok_or(BackendError::Reply(raw))?;
+        let reply = match &raw {
+            redis::Value::BulkString(bytes) => Reply::decode(bytes),
+            _ => None,
+        }
+        .ok_or_else(|| BackendError::Reply(format!("{raw:?}")))?;
         let now = match reply {
             Reply::Admitted { now, .. }
             | Reply::Wait { now, .. }

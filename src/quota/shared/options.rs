@@ -59,8 +59,8 @@ pub enum BackendError {
     NotConnected,
     #[error("the circuit breaker is open")]
     Open,
-    #[error("unexpected script reply {0:?}")]
-    Reply(Vec<i64>),
+    #[error("unexpected script reply {0}")]
+    Reply(String),
     #[error("unexpected reply: {0}")]
     Malformed(String),
 }

@@ -113,7 +113,7 @@ impl ProviderHandle {
             tag: &tag,
             now: b.redis_now(now),
             lease: 0,
-            member: "",
+            member: &String::new,
         };
         let mut rows: Vec<(LimitStatus, Kind, String)> = Vec::new();
         for e in &self.lock().entries {

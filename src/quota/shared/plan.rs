@@ -150,25 +150,41 @@ fn micros(v: i64) -> Micros {
 }
 
 impl Reply {
-    /// Decodes the script's integer array; `None` when it is malformed.
-    pub fn decode(v: &[i64]) -> Option<Reply> {
+    /// Decodes the script's reply (integers separated by spaces); `None` when it is
+    /// malformed.
+    pub fn decode(reply: &[u8]) -> Option<Reply> {
+        let mut nums = [0i64; 5];
+        let mut count = 0;
+        let mut used = Vec::new();
+        for field in reply.split(|&b| b == b' ') {
+            let v: i64 = std::str::from_utf8(field).ok()?.parse().ok()?;
+            if count < nums.len() {
+                nums[count] = v;
+            }
+            if count >= 2 {
+                used.push(v as f64 / 1000.0);
+            }
+            count += 1;
+        }
         let index = |i: i64| usize::try_from(i - 1).ok();
-        Some(match *v {
-            [1, now, ref used @ ..] => Reply::Admitted {
-                now: micros(now),
-                used: used.iter().map(|&u| u as f64 / 1000.0).collect(),
+        Some(match (nums[0], count) {
+            (1, 2..) => Reply::Admitted {
+                now: micros(nums[1]),
+                used,
             },
-            [0, until, item, release, now] => Reply::Wait {
-                until: micros(until),
-                item: index(item)?,
-                on_release: release == 1,
-                now: micros(now),
+            (0, 5) => Reply::Wait {
+                until: micros(nums[1]),
+                item: index(nums[2])?,
+                on_release: nums[3] == 1,
+                now: micros(nums[4]),
             },
-            [2, item, now] => Reply::TooLarge {
-                item: index(item)?,
-                now: micros(now),
+            (2, 3) => Reply::TooLarge {
+                item: index(nums[1])?,
+                now: micros(nums[2]),
             },
-            [3, now] => Reply::Stale { now: micros(now) },
+            (3, 2) => Reply::Stale {
+                now: micros(nums[1]),
+            },
             _ => return None,
         })
     }
@@ -180,7 +196,8 @@ pub(crate) struct PlanCtx<'a> {
     /// The best estimate of the Redis time (for calendar periods).
     pub now: Micros,
     pub lease: Micros,
-    pub member: &'a str,
+    /// The lease member of a concurrency item (made only when the plan has one).
+    pub member: &'a (dyn Fn() -> String + Sync),
 }
 
 impl ProviderState {
@@ -284,13 +301,12 @@ fn counter_of_after(
 fn concurrent(ctx: &PlanCtx<'_>) -> Kind {
     Kind::Concurrent {
         lease: ctx.lease,
-        member: ctx.member.to_string(),
+        member: (ctx.member)(),
     }
 }
 
-/// A script argument read with `tonumber`: an integral value is written as an integer
-/// (itoa), anything else as a float (ryu, whose formatting cost several times more and was
-/// a fifth of an admission's client-side instructions).
+/// A share fraction or amount, read with `tonumber`: an integral value is written as an
+/// integer (itoa), anything else as a float (ryu, several times the cost).
 struct ScriptNum(f64);
 
 /// Integers up to this magnitude are exact in a Lua number (a double).
@@ -307,37 +323,44 @@ impl redis::ToRedisArgs for ScriptNum {
     }
 }
 
-/// Appends the admission script's arguments (`ARGV`: the item count, then 6 fields per item
-/// and the share fields) to `inv`. Numbers go in as numbers (redis writes them with itoa and
-/// ryu): building a string per field was most of an admission's client-side cost.
-pub(crate) fn push_admit_args(inv: &mut redis::Cmd, items: &[Item]) {
-    inv.arg(items.len());
+/// The bytes of one item's record in the admission script's `ARGV[1]`: the kind's letter,
+/// then cost, cap, p1, p2 and the count of its string fields as little-endian doubles
+/// (Lua's `struct.unpack('<c1ddddd')`). Numbers travel exact, with no formatting here and
+/// no parsing in the script.
+pub(crate) const RECORD: usize = 1 + 5 * 8;
+
+fn push_record(out: &mut Vec<u8>, kind: u8, nums: [f64; 5]) {
+    out.push(kind);
+    for x in nums {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+}
+
+/// Appends the admission script's arguments to `cmd`: `ARGV[1]`, one record per item
+/// ([`RECORD`]), then each item's string fields in order (a concurrency lease's member;
+/// a shared calendar's group, borrow flag, amount and (field, fraction) per group).
+pub(crate) fn push_admit_args(cmd: &mut redis::Cmd, items: &[Item]) {
+    let mut records = Vec::with_capacity(items.len() * RECORD);
     for it in items {
-        let (cost, cap) = (ScriptNum(it.cost), ScriptNum(it.cap));
-        match &it.kind {
-            Kind::Rolling { width, n } => inv.arg("r").arg(cost).arg(cap).arg(*width).arg(*n),
-            Kind::Bucket { rate, burst } => inv
-                .arg("b")
-                .arg(cost)
-                .arg(cap)
-                .arg(ScriptNum(*rate))
-                .arg(ScriptNum(*burst)),
-            Kind::Calendar { start, end } => inv.arg("c").arg(cost).arg(cap).arg(*start).arg(*end),
-            Kind::Concurrent { lease, member } => inv
-                .arg("k")
-                .arg(cost)
-                .arg(cap)
-                .arg(*lease)
-                .arg(member.as_str()),
+        let m = it.share.as_ref().map_or(0, |s| 3 + 2 * s.groups.len()) as f64;
+        let (letter, p1, p2, m) = match &it.kind {
+            Kind::Rolling { width, n } => (b'r', *width as f64, *n as f64, m),
+            Kind::Bucket { rate, burst } => (b'b', *rate, *burst, m),
+            Kind::Calendar { start, end } => (b'c', *start as f64, *end as f64, m),
+            Kind::Concurrent { lease, .. } => (b'k', *lease as f64, 0.0, 1.0),
         };
-        let m = it.share.as_ref().map_or(0, |s| 3 + 2 * s.groups.len());
-        inv.arg(m);
-        if let Some(s) = &it.share {
-            inv.arg(s.group + 1)
+        push_record(&mut records, letter, [it.cost, it.cap, p1, p2, m]);
+    }
+    cmd.arg(records);
+    for it in items {
+        if let Kind::Concurrent { member, .. } = &it.kind {
+            cmd.arg(member.as_str());
+        } else if let Some(s) = &it.share {
+            cmd.arg(s.group + 1)
                 .arg(u8::from(s.borrow))
                 .arg(ScriptNum(it.capacity));
             for (field, fraction) in &s.groups {
-                inv.arg(field.as_str()).arg(ScriptNum(*fraction));
+                cmd.arg(field.as_str()).arg(ScriptNum(*fraction));
             }
         }
     }
@@ -431,14 +454,14 @@ mod tests {
     #[test]
     fn replies_decode_or_are_refused() {
         assert_eq!(
-            Reply::decode(&[1, 5, 2500, 0]),
+            Reply::decode(b"1 5 2500 0"),
             Some(Reply::Admitted {
                 now: 5,
                 used: vec![2.5, 0.0]
             })
         );
         assert_eq!(
-            Reply::decode(&[0, 9, 2, 1, 5]),
+            Reply::decode(b"0 9 2 1 5"),
             Some(Reply::Wait {
                 until: 9,
                 item: 1,
@@ -447,12 +470,17 @@ mod tests {
             })
         );
         assert_eq!(
-            Reply::decode(&[2, 1, 5]),
+            Reply::decode(b"2 1 5"),
             Some(Reply::TooLarge { item: 0, now: 5 })
         );
-        assert_eq!(Reply::decode(&[3, 5]), Some(Reply::Stale { now: 5 }));
-        assert_eq!(Reply::decode(&[2, 0, 5]), None);
-        assert_eq!(Reply::decode(&[7]), None);
+        assert_eq!(Reply::decode(b"3 5"), Some(Reply::Stale { now: 5 }));
+        assert_eq!(Reply::decode(b"2 0 5"), None);
+        assert_eq!(Reply::decode(b"7"), None);
+        assert_eq!(Reply::decode(b"1"), None);
+        assert_eq!(Reply::decode(b"3 5 6"), None);
+        assert_eq!(Reply::decode(b"1 5 x"), None);
+        assert_eq!(Reply::decode(b"1  5"), None);
+        assert_eq!(Reply::decode(b""), None);
     }
 
     #[test]

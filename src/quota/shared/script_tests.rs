@@ -77,7 +77,7 @@ fn plan(state: &ProviderState, costs: Costs, now: u64) -> Vec<super::plan::Item>
         tag: "{t:p}",
         now,
         lease: 60 * SECOND,
-        member: "m",
+        member: &|| "m".to_string(),
     };
     state.shared_plan(&Demand::new("c", costs), &ctx)
 }
@@ -349,7 +349,7 @@ fn plan_for(
         tag: &tag,
         now,
         lease: 60 * SECOND,
-        member: "m",
+        member: &|| "m".to_string(),
     };
     state.shared_plan(
         &Demand::new(client, Costs::default().with(Unit::Credits, cost)),
