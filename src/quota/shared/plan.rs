@@ -145,6 +145,29 @@ pub(crate) enum Reply {
     },
 }
 
+/// A decimal integer (optional `-`, at least one digit, no overflow).
+fn integer(field: &[u8]) -> Option<i64> {
+    let (negative, digits) = match field {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, field),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_sub(i64::from(d - b'0'))?;
+    }
+    if negative {
+        Some(v)
+    } else {
+        v.checked_neg()
+    }
+}
+
 fn micros(v: i64) -> Micros {
     u64::try_from(v).unwrap_or(0)
 }
@@ -157,9 +180,12 @@ impl Reply {
         let mut count = 0;
         let mut used = Vec::new();
         for field in reply.split(|&b| b == b' ') {
-            let v: i64 = std::str::from_utf8(field).ok()?.parse().ok()?;
+            let v = integer(field)?;
             if count < nums.len() {
                 nums[count] = v;
+            }
+            if count == 2 && nums[0] == 1 {
+                used.reserve_exact(reply.iter().filter(|&&b| b == b' ').count() - 1);
             }
             if count >= 2 {
                 used.push(v as f64 / 1000.0);
@@ -481,6 +507,16 @@ mod tests {
         assert_eq!(Reply::decode(b"1 5 x"), None);
         assert_eq!(Reply::decode(b"1  5"), None);
         assert_eq!(Reply::decode(b""), None);
+        assert_eq!(Reply::decode(b"1 5 -"), None);
+        assert_eq!(Reply::decode(b"1 5 99999999999999999999"), None);
+        assert_eq!(
+            Reply::decode(b"1 1733000000000000 -1500 9223372036854775807"),
+            Some(Reply::Admitted {
+                now: 1_733_000_000_000_000,
+                used: vec![-1.5, i64::MAX as f64 / 1000.0]
+            })
+        );
+        assert_eq!(integer(b"-9223372036854775808"), Some(i64::MIN));
     }
 
     #[test]
