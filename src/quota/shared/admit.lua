@@ -1,7 +1,11 @@
--- quota-proxy: one admission, atomically, on the Redis server's clock.
--- KEYS[i]: the counter of item i. ARGV[1]: one record per item, packed little-endian as
---   (kind: 1 byte, then 5 doubles: cost, cap, p1, p2, m) so no number is formatted or
---   parsed as text on either side; ARGV[2..]: the items' string fields, m per item, in order.
+-- quota-proxy: a batch of admissions, each atomic and all-or-nothing, decided one after
+-- another on the Redis server's clock (one TIME for the batch), as if each had been its own
+-- call at that instant.
+-- KEYS: the counters of every admission's items, admission after admission.
+-- ARGV[1]: per admission its item count, then one record per item, all packed
+--   little-endian: the count as a double, each record as (kind: 1 byte, then 5 doubles:
+--   cost, cap, p1, p2, m), so no number is formatted or parsed as text on either side;
+--   ARGV[2..]: the items' string fields, m per item, in order.
 --   kind ('r' rolling | 'b' token bucket | 'c' calendar | 'k' concurrency)
 --   r: p1 = sub-bucket width µs, p2 = sub-buckets per window (n)
 --   b: p1 = refill rate per µs, p2 = burst
@@ -10,20 +14,52 @@
 --   calendar with client shares (m > 0): the caller's group (1-based), borrow (0|1), the
 --   limit's whole amount, then (field, fraction) per group, the last being everyone not
 --   listed; per-group usage lives in the hash KEYS[i]..':g' (the rule of quota/shares.rs).
--- Replies are one string of integers separated by spaces (one value for the client to
---   parse instead of an array of them):
+-- The reply is one string, a line per admission, each line integers separated by spaces:
 --   "1 now used_1 ... used_n" admitted (each counter's usage with this call, in thousandths
 --   of a unit) | "0 until item on_release now" wait | "2 item now" too large |
 --   "3 now" calendar bounds stale (recompute, call again)
+-- Rolling, bucket and calendar counters are read once per batch and written once at its
+-- end (`state`, `dirty`); a read that needs a counter's stored fields writes it first.
+-- Concurrency leases and client-share usage are read and written in place.
 local MARGIN = 60000 -- ms kept beyond a counter's last relevant instant
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local n = #KEYS
 
 -- Integers as one string ("%d": Lua's own number formatting keeps 14 digits only).
 local function reply(t)
   for j = 1, #t do t[j] = string.format('%d', t[j]) end
   return table.concat(t, ' ')
+end
+
+-- key -> what this batch knows of the counter: rolling {r, sum, cur, width, n, grew},
+-- bucket {b, level, rate, burst}, calendar {c, used, ttl}. `dirty`: keys to write back.
+local state, dirty = {}, {}
+
+local function mark(key, c)
+  if not c.dirty then
+    c.dirty = true
+    dirty[#dirty + 1] = key
+  end
+end
+
+local function write(key)
+  local c = state[key]
+  if c == nil or not c.dirty then return end
+  c.dirty = false
+  if c.kind == 'r' then
+    redis.call('HSET', key, math.floor(now / c.width), c.cur, 's', c.sum)
+    if c.grew then
+      -- A new sub-bucket: the hash must outlive it.
+      redis.call('PEXPIRE', key, math.ceil((c.n + 1) * c.width / 1000) + MARGIN)
+      c.grew = false
+    end
+  elseif c.kind == 'b' then
+    redis.call('HSET', key, 'level', c.level, 'last', now)
+    local refill = c.rate > 0 and math.ceil((c.burst - c.level) / c.rate / 1000) or 86400000
+    redis.call('PEXPIRE', key, refill + MARGIN)
+  else
+    redis.call('SET', key, c.used, 'PX', c.ttl)
+  end
 end
 
 local function fits(used, cost, cap)
@@ -36,11 +72,18 @@ end
 -- sub-bucket) and drops only the sub-buckets that left the window since, instead of reading
 -- all of them. Returns the sum and the current sub-bucket's value.
 local function rolling_sum(key, width, buckets)
+  local c = state[key]
+  if c ~= nil then return c end
   local head = math.floor(now / width)
   local first = head - buckets
   local v = redis.call('HMGET', key, 's', 'lo', head)
   local sum, lo, current = tonumber(v[1]), tonumber(v[2]), tonumber(v[3]) or 0
-  if sum ~= nil and lo ~= nil and lo >= first then return sum, current end
+  c = {kind = 'r', cur = current, width = width, n = buckets, grew = false}
+  state[key] = c
+  if sum ~= nil and lo ~= nil and lo >= first then
+    c.sum = sum
+    return c
+  end
   if sum ~= nil and lo ~= nil and first - lo <= buckets then
     local dead = {}
     for b = lo, first - 1 do dead[#dead + 1] = b end
@@ -59,19 +102,20 @@ local function rolling_sum(key, width, buckets)
     if #old > 0 then redis.call('HDEL', key, unpack(old)) end
   end
   sum = math.max(sum, 0)
+  c.sum = sum
   redis.call('HSET', key, 's', sum, 'lo', first)
   redis.call('PEXPIRE', key, math.ceil((buckets + 1) * width / 1000) + MARGIN)
-  return sum, current
+  return c
 end
 
 -- `it` keeps what the commit needs (the sum and the current sub-bucket's value).
 local function rolling(it, key, cost, cap, width, buckets)
-  local sum, current = rolling_sum(key, width, buckets)
-  it.sum, it.current = sum, current
+  local sum = rolling_sum(key, width, buckets).sum
   if fits(sum, cost, cap) then return 'now' end
   if not fits(0, cost, cap) then return 'never' end
   -- Refused: when does enough fall out of the window? (newest sub-buckets first)
   local head = math.floor(now / width)
+  write(key)
   local raw = redis.call('HGETALL', key)
   local order, vals = {}, {}
   for j = 1, #raw, 2 do
@@ -90,17 +134,21 @@ local function rolling(it, key, cost, cap, width, buckets)
   return 'now'
 end
 
-local function bucket_level(key, rate, burst)
+local function bucket_state(key, rate, burst)
+  local c = state[key]
+  if c ~= nil then return c end
   local v = redis.call('HMGET', key, 'level', 'last')
   local level, last = tonumber(v[1]), tonumber(v[2])
-  if level == nil or last == nil then return burst end
-  if now > last then level = math.min(burst, level + (now - last) * rate) end
-  return level
+  if level == nil or last == nil then level = burst
+  elseif now > last then level = math.min(burst, level + (now - last) * rate) end
+  c = {kind = 'b', level = level, rate = rate, burst = burst}
+  state[key] = c
+  return c
 end
 
 local function bucket(key, cost, cap, rate, burst)
   if not fits(0, cost, math.min(cap, burst)) then return 'never' end
-  local used = burst - bucket_level(key, rate, burst)
+  local used = burst - bucket_state(key, rate, burst).level
   if fits(used, cost, cap) then return 'now' end
   if rate <= 0 then return 'never' end
   local wait = math.ceil((used + cost - cap) / rate)
@@ -110,7 +158,12 @@ end
 local function calendar(it, key, cost, cap, start, stop)
   if now < start or now >= stop then return 'stale' end
   if not fits(0, cost, cap) then return 'never' end
-  local used = tonumber(redis.call('GET', key) or '0')
+  local c = state[key]
+  if c == nil then
+    c = {kind = 'c', used = tonumber(redis.call('GET', key) or '0')}
+    state[key] = c
+  end
+  local used = c.used
   it.used = used
   if fits(used, cost, cap) then return 'now' end
   return 'at', stop
@@ -152,88 +205,94 @@ local function concurrency(key, cap)
   return 'release'
 end
 
-local items, a, pos = {}, 2, 1
-for i = 1, n do
-  local kind, cost, cap, p1, p2, m
-  kind, cost, cap, p1, p2, m, pos = struct.unpack('<c1ddddd', ARGV[1], pos)
-  local it = {kind = kind, cost = cost, cap = cap, p1 = p1, p2 = p2}
-  if kind == 'k' then
-    it.p2 = ARGV[a]
-  elseif m > 0 then
-    local sh = {group = tonumber(ARGV[a]), borrow = ARGV[a + 1] == '1',
-      amount = tonumber(ARGV[a + 2]), fields = {}, fracs = {}}
-    for j = a + 3, a + m - 1, 2 do
-      sh.fields[#sh.fields + 1] = ARGV[j]
-      sh.fracs[#sh.fracs + 1] = tonumber(ARGV[j + 1])
+-- One admission: its `n` items from KEYS[k + 1] on, its records from `pos` in ARGV[1], its
+-- string fields from ARGV[a] on. Returns its reply line, the next `pos` and the next `a`.
+local function admit(k, n, pos, a)
+  local items = {}
+  for i = 1, n do
+    local kind, cost, cap, p1, p2, m
+    kind, cost, cap, p1, p2, m, pos = struct.unpack('<c1ddddd', ARGV[1], pos)
+    local it = {kind = kind, cost = cost, cap = cap, p1 = p1, p2 = p2, key = KEYS[k + i]}
+    if kind == 'k' then
+      it.p2 = ARGV[a]
+    elseif m > 0 then
+      local sh = {group = tonumber(ARGV[a]), borrow = ARGV[a + 1] == '1',
+        amount = tonumber(ARGV[a + 2]), fields = {}, fracs = {}}
+      for j = a + 3, a + m - 1, 2 do
+        sh.fields[#sh.fields + 1] = ARGV[j]
+        sh.fracs[#sh.fracs + 1] = tonumber(ARGV[j + 1])
+      end
+      it.share = sh
     end
-    it.share = sh
+    items[i] = it
+    a = a + m
   end
-  items[i] = it
-  a = a + m
+
+  local latest, latest_i, release_i = nil, nil, nil
+  for i = 1, n do
+    local it = items[i]
+    local kind, cost, cap, p1, p2, key = it.kind, it.cost, it.cap, it.p1, it.p2, it.key
+    local fit, at
+    if kind == 'r' then fit, at = rolling(it, key, cost, cap, p1, p2)
+    elseif kind == 'b' then fit, at = bucket(key, cost, cap, p1, p2)
+    elseif kind == 'c' then
+      fit, at = calendar(it, key, cost, cap, p1, p2)
+      if it.share ~= nil and fit ~= 'stale' and fit ~= 'never' then
+        local s = share_check(key, it.used, cost, it.share)
+        if s == 'never' then fit = 'never'
+        elseif s == 'later' then fit, at = 'at', p2 end
+      end
+    else fit = concurrency(key, cap) end
+    if fit == 'stale' then return reply({3, now}), pos, a end
+    if fit == 'never' then return reply({2, i, now}), pos, a end
+    if fit == 'at' and (latest == nil or at > latest) then latest, latest_i = at, i end
+    if fit == 'release' and release_i == nil then release_i = i end
+  end
+  if release_i ~= nil or latest ~= nil then
+    return reply({0, latest or now, release_i or latest_i, release_i and 1 or 0, now}), pos, a
+  end
+
+  local out = {1, now}
+  for i = 1, n do
+    local it = items[i]
+    local kind, cost, p1, p2, key = it.kind, it.cost, it.p1, it.p2, it.key
+    local used = 0
+    if kind == 'r' then
+      local c = state[key]
+      if c.cur == 0 then c.grew = true end
+      c.cur, c.sum = c.cur + cost, c.sum + cost
+      mark(key, c)
+      used = c.sum
+    elseif kind == 'b' then
+      local c = state[key]
+      c.level = c.level - cost
+      mark(key, c)
+      used = p2 - c.level
+    elseif kind == 'c' then
+      local c = state[key]
+      c.used = it.used + cost
+      c.ttl = math.ceil((p2 - now) / 1000) + MARGIN
+      mark(key, c)
+      used = c.used
+      if it.share ~= nil then
+        redis.call('HINCRBYFLOAT', key .. ':g', it.share.fields[it.share.group], cost)
+        redis.call('PEXPIRE', key .. ':g', c.ttl)
+      end
+    else
+      redis.call('ZADD', key, now + p1, p2)
+      redis.call('PEXPIRE', key, math.ceil(p1 / 1000) + MARGIN)
+    end
+    out[#out + 1] = math.floor(used * 1000 + 0.5)
+  end
+  return reply(out), pos, a
 end
 
-local latest, latest_i, release_i = nil, nil, nil
-for i = 1, n do
-  local it = items[i]
-  local kind, cost, cap, p1, p2 = it.kind, it.cost, it.cap, it.p1, it.p2
-  local fit, at
-  if kind == 'r' then fit, at = rolling(it, KEYS[i], cost, cap, p1, p2)
-  elseif kind == 'b' then fit, at = bucket(KEYS[i], cost, cap, p1, p2)
-  elseif kind == 'c' then
-    fit, at = calendar(it, KEYS[i], cost, cap, p1, p2)
-    if it.share ~= nil and fit ~= 'stale' and fit ~= 'never' then
-      local s = share_check(KEYS[i], it.used, cost, it.share)
-      if s == 'never' then fit = 'never'
-      elseif s == 'later' then fit, at = 'at', p2 end
-    end
-  else fit = concurrency(KEYS[i], cap) end
-  if fit == 'stale' then return reply({3, now}) end
-  if fit == 'never' then return reply({2, i, now}) end
-  if fit == 'at' and (latest == nil or at > latest) then latest, latest_i = at, i end
-  if fit == 'release' and release_i == nil then release_i = i end
+local lines, k, pos, a = {}, 0, 1, 2
+while pos <= #ARGV[1] do
+  local n
+  n, pos = struct.unpack('<d', ARGV[1], pos)
+  lines[#lines + 1], pos, a = admit(k, n, pos, a)
+  k = k + n
 end
-if release_i ~= nil or latest ~= nil then
-  return reply({0, latest or now, release_i or latest_i, release_i and 1 or 0, now})
-end
-
-for i = 1, n do
-  local it = items[i]
-  local kind, cost, p1, p2 = it.kind, it.cost, it.p1, it.p2
-  local key = KEYS[i]
-  -- Values are written whole (numbers reach Redis at full precision) rather than with
-  -- INCRBYFLOAT, whose long-double formatting costs more than the rest of the script.
-  if kind == 'r' then
-    redis.call('HSET', key, math.floor(now / p1), it.current + cost, 's', it.sum + cost)
-    if it.current == 0 then
-      -- A new sub-bucket: the hash must outlive it.
-      redis.call('PEXPIRE', key, math.ceil((p2 + 1) * p1 / 1000) + MARGIN)
-    end
-  elseif kind == 'b' then
-    local burst = p2
-    local level = bucket_level(key, p1, burst) - cost
-    it.level = level
-    redis.call('HSET', key, 'level', level, 'last', now)
-    local refill = p1 > 0 and math.ceil((burst - level) / p1 / 1000) or 86400000
-    redis.call('PEXPIRE', key, refill + MARGIN)
-  elseif kind == 'c' then
-    local ttl = math.ceil((p2 - now) / 1000) + MARGIN
-    redis.call('SET', key, it.used + cost, 'PX', ttl)
-    if it.share ~= nil then
-      redis.call('HINCRBYFLOAT', key .. ':g', it.share.fields[it.share.group], cost)
-      redis.call('PEXPIRE', key .. ':g', ttl)
-    end
-  else
-    redis.call('ZADD', key, now + p1, p2)
-    redis.call('PEXPIRE', key, math.ceil(p1 / 1000) + MARGIN)
-  end
-end
-local out = {1, now}
-for i = 1, n do
-  local it = items[i]
-  local used = 0
-  if it.kind == 'r' then used = it.sum + it.cost
-  elseif it.kind == 'c' then used = it.used + it.cost
-  elseif it.kind == 'b' then used = it.p2 - it.level + it.cost end
-  out[#out + 1] = math.floor(used * 1000 + 0.5)
-end
-return reply(out)
+for _, key in ipairs(dirty) do write(key) end
+return table.concat(lines, '\n')

@@ -96,7 +96,9 @@ impl ProviderHandle {
         // A stale calendar period (first call, or a boundary passed): recompute from the
         // server's time and ask again; a second stale answer is treated as a failure.
         for _ in 0..2 {
-            let reply = match b.admit(&items).await {
+            let (back, reply) = b.admit_coalesced(items).await;
+            items = back;
+            let reply = match reply {
                 Ok(r) => r,
                 Err(_) => return Shared::Down,
             };

@@ -11,10 +11,11 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::quota::clock::{duration_micros, Clock, Micros, SECOND};
 use crate::quota::shared::breaker::Breaker;
+use crate::quota::shared::coalesce::{Answer, Waiting};
 pub use crate::quota::shared::options::OnError;
 use crate::quota::shared::options::{BackendError, RedisOptions};
 use crate::quota::shared::plan::{push_admit_args, Item, Op, Reply};
@@ -40,6 +41,8 @@ pub struct RedisBackend {
     instance: String,
     pending: Mutex<VecDeque<Batch>>,
     tx: mpsc::UnboundedSender<Batch>,
+    /// Admissions for the coalescing task ([`super::coalesce`]).
+    admissions: mpsc::UnboundedSender<Waiting>,
     pub(crate) clock: Arc<dyn Clock>,
 }
 
@@ -73,6 +76,7 @@ impl RedisBackend {
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
         let client = Client::open(info)?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let (admissions, waiting) = mpsc::unbounded_channel();
         let cool_off = duration_micros(options.cool_off);
         let backend = Arc::new(Self {
             breaker: Mutex::new(Breaker::new(options.breaker_threshold, cool_off)),
@@ -87,8 +91,10 @@ impl RedisBackend {
             instance: instance_id(),
             pending: Mutex::new(VecDeque::new()),
             tx,
+            admissions,
             clock,
         });
+        tokio::spawn(super::coalesce::run(Arc::downgrade(&backend), waiting));
         Ok((backend, rx))
     }
 
@@ -249,17 +255,38 @@ impl RedisBackend {
         result
     }
 
-    /// One admission script call for `items` (one round trip).
+    /// The admission of `items` in the next script call (one round trip; coalesced with
+    /// the admissions waiting beside it): gives the items back with Redis's answer.
+    pub(crate) async fn admit_coalesced(&self, items: Vec<Item>) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        if let Err(e) = self.admissions.send(Waiting { items, reply }) {
+            return (e.0.items, Err(BackendError::NotConnected));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| (Vec::new(), Err(BackendError::NotConnected)))
+    }
+
+    /// One admission script call for `items` alone (one round trip).
+    #[cfg(test)]
     pub(crate) async fn admit(&self, items: &[Item]) -> Result<Reply, BackendError> {
+        let mut replies = self.admit_batch(&[items]).await?;
+        replies.pop().ok_or(BackendError::Reply(String::new()))
+    }
+
+    /// One admission script call for a batch of admissions (of one hash tag), decided in
+    /// order; a reply per admission.
+    pub(crate) async fn admit_batch(&self, batch: &[&[Item]]) -> Result<Vec<Reply>, BackendError> {
         let local = self.clock.now();
         // EVALSHA built directly: redis's `ScriptInvocation` keeps a buffer per argument and
         // copies them all into the command again, a tenth of an admission's client cost.
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.admit.get_hash()).arg(items.len());
-        for it in items {
+        let keys = batch.iter().map(|a| a.len()).sum::<usize>();
+        cmd.arg(self.admit.get_hash()).arg(keys);
+        for it in batch.iter().flat_map(|a| a.iter()) {
             cmd.arg(&it.key);
         }
-        push_admit_args(&mut cmd, items);
+        push_admit_args(&mut cmd, batch);
         let script = &self.admit;
         let raw: redis::Value = self
             .call(|mut c| async move {
@@ -273,19 +300,27 @@ impl RedisBackend {
                 }
             })
             .await?;
-        let reply = match &raw {
-            redis::Value::BulkString(bytes) => Reply::decode(bytes),
-            _ => None,
-        }
-        .ok_or_else(|| BackendError::Reply(format!("{raw:?}")))?;
-        let now = match reply {
-            Reply::Admitted { now, .. }
-            | Reply::Wait { now, .. }
-            | Reply::TooLarge { now, .. }
-            | Reply::Stale { now } => now,
+        let malformed = || BackendError::Reply(format!("{raw:?}"));
+        let redis::Value::BulkString(bytes) = &raw else {
+            return Err(malformed());
         };
-        self.note_time(now, local);
-        Ok(reply)
+        let mut replies = Vec::with_capacity(batch.len());
+        for line in bytes.split(|&b| b == b'\n') {
+            replies.push(Reply::decode(line).ok_or_else(malformed)?);
+        }
+        if replies.len() != batch.len() {
+            return Err(malformed());
+        }
+        if let Some(reply) = replies.last() {
+            let now = match *reply {
+                Reply::Admitted { now, .. }
+                | Reply::Wait { now, .. }
+                | Reply::TooLarge { now, .. }
+                | Reply::Stale { now } => now,
+            };
+            self.note_time(now, local);
+        }
+        Ok(replies)
     }
 
     /// Queues corrections (settle, cancel) for the worker: off the response path.

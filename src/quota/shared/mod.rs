@@ -38,6 +38,7 @@
 mod attempt;
 mod backend;
 mod breaker;
+mod coalesce;
 pub mod keys;
 mod options;
 mod peek;

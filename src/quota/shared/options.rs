@@ -63,4 +63,7 @@ pub enum BackendError {
     Reply(String),
     #[error("unexpected reply: {0}")]
     Malformed(String),
+    /// The script call that carried this admission with others failed.
+    #[error("the batched script call failed: {0}")]
+    Batch(String),
 }

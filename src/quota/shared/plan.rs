@@ -352,7 +352,7 @@ impl redis::ToRedisArgs for ScriptNum {
 /// The bytes of one item's record in the admission script's `ARGV[1]`: the kind's letter,
 /// then cost, cap, p1, p2 and the count of its string fields as little-endian doubles
 /// (Lua's `struct.unpack('<c1ddddd')`). Numbers travel exact, with no formatting here and
-/// no parsing in the script.
+/// no parsing in the script. Each admission's records follow its item count (one double).
 pub(crate) const RECORD: usize = 1 + 5 * 8;
 
 fn push_record(out: &mut Vec<u8>, kind: u8, nums: [f64; 5]) {
@@ -362,23 +362,29 @@ fn push_record(out: &mut Vec<u8>, kind: u8, nums: [f64; 5]) {
     }
 }
 
-/// Appends the admission script's arguments to `cmd`: `ARGV[1]`, one record per item
-/// ([`RECORD`]), then each item's string fields in order (a concurrency lease's member;
-/// a shared calendar's group, borrow flag, amount and (field, fraction) per group).
-pub(crate) fn push_admit_args(cmd: &mut redis::Cmd, items: &[Item]) {
-    let mut records = Vec::with_capacity(items.len() * RECORD);
-    for it in items {
-        let m = it.share.as_ref().map_or(0, |s| 3 + 2 * s.groups.len()) as f64;
-        let (letter, p1, p2, m) = match &it.kind {
-            Kind::Rolling { width, n } => (b'r', *width as f64, *n as f64, m),
-            Kind::Bucket { rate, burst } => (b'b', *rate, *burst, m),
-            Kind::Calendar { start, end } => (b'c', *start as f64, *end as f64, m),
-            Kind::Concurrent { lease, .. } => (b'k', *lease as f64, 0.0, 1.0),
-        };
-        push_record(&mut records, letter, [it.cost, it.cap, p1, p2, m]);
+/// Appends the admission script's arguments for a batch of admissions to `cmd`, after
+/// their keys (every admission's items' keys, in order): `ARGV[1]`, per admission its item
+/// count and one record per item ([`RECORD`]), then each item's string fields in order (a
+/// concurrency lease's member; a shared calendar's group, borrow flag, amount and (field,
+/// fraction) per group).
+pub(crate) fn push_admit_args(cmd: &mut redis::Cmd, batch: &[&[Item]]) {
+    let items = batch.iter().map(|a| a.len()).sum::<usize>();
+    let mut records = Vec::with_capacity(batch.len() * 8 + items * RECORD);
+    for admission in batch {
+        records.extend_from_slice(&(admission.len() as f64).to_le_bytes());
+        for it in *admission {
+            let m = it.share.as_ref().map_or(0, |s| 3 + 2 * s.groups.len()) as f64;
+            let (letter, p1, p2, m) = match &it.kind {
+                Kind::Rolling { width, n } => (b'r', *width as f64, *n as f64, m),
+                Kind::Bucket { rate, burst } => (b'b', *rate, *burst, m),
+                Kind::Calendar { start, end } => (b'c', *start as f64, *end as f64, m),
+                Kind::Concurrent { lease, .. } => (b'k', *lease as f64, 0.0, 1.0),
+            };
+            push_record(&mut records, letter, [it.cost, it.cap, p1, p2, m]);
+        }
     }
     cmd.arg(records);
-    for it in items {
+    for it in batch.iter().flat_map(|a| a.iter()) {
         if let Kind::Concurrent { member, .. } = &it.kind {
             cmd.arg(member.as_str());
         } else if let Some(s) = &it.share {

@@ -435,3 +435,205 @@ async fn the_rolling_sum_matches_its_sub_buckets() {
         "{admitted} admitted, {refused} refused"
     );
 }
+
+/// Four limits of every kind the script caches or writes in place: 5 requests per rolling
+/// hour, a token bucket of 4 refilled once a day, 9 credits a day, 3 at a time.
+fn four_kinds() -> ProviderSpec {
+    ProviderSpec::new(
+        "p",
+        vec![
+            LimitSpec::new(
+                "rph",
+                Unit::Requests,
+                5.0,
+                WindowKind::Rolling { len: 3600 * SECOND },
+            ),
+            LimitSpec::new(
+                "tb",
+                Unit::Requests,
+                1.0,
+                WindowKind::TokenBucket {
+                    len: 86_400 * SECOND,
+                    burst: 4.0,
+                },
+            ),
+            LimitSpec::new(
+                "day",
+                Unit::Credits,
+                9.0,
+                WindowKind::Calendar {
+                    period: CalendarPeriod::Day,
+                    tz: chrono_tz::UTC,
+                },
+            ),
+            LimitSpec::new("conc", Unit::Concurrent, 3.0, WindowKind::None),
+        ],
+    )
+}
+
+/// The plans of `costs` (credits) at Redis time `now`, each with its own lease member.
+fn plans_of(state: &ProviderState, costs: &[f64], now: u64) -> Vec<Vec<super::plan::Item>> {
+    costs
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            let member = format!("m{i}");
+            let ctx = PlanCtx {
+                tag: "{t:p}",
+                now,
+                lease: 60 * SECOND,
+                member: &|| member.clone(),
+            };
+            state.shared_plan(
+                &Demand::new("c", Costs::default().with(Unit::Credits, c)),
+                &ctx,
+            )
+        })
+        .collect()
+}
+
+/// A reply without its times (which differ between two servers by the time between calls).
+fn shape(r: &Reply) -> String {
+    match r {
+        Reply::Admitted { used, .. } => format!("admitted {used:?}"),
+        Reply::Wait {
+            item, on_release, ..
+        } => format!("wait on {item} (release {on_release})"),
+        Reply::TooLarge { item, .. } => format!("too large {item}"),
+        Reply::Stale { .. } => "stale".into(),
+    }
+}
+
+/// The counters as stored: rolling sum, bucket level (3 decimals: it refills by 1/86400
+/// per second), calendar usage, leases held.
+async fn stored(b: &RedisBackend, items: &[super::plan::Item]) -> String {
+    let mut conn = b.conn.load_full().expect("connected").as_ref().clone();
+    let mut out = Vec::new();
+    for it in items {
+        let mut cmd = match it.kind {
+            Kind::Rolling { .. } | Kind::Bucket { .. } => redis::cmd("HGET"),
+            Kind::Calendar { .. } => redis::cmd("GET"),
+            Kind::Concurrent { .. } => redis::cmd("ZCARD"),
+        };
+        cmd.arg(&it.key);
+        match it.kind {
+            Kind::Rolling { .. } => cmd.arg("s"),
+            Kind::Bucket { .. } => cmd.arg("level"),
+            _ => &mut cmd,
+        };
+        let v: Option<f64> = cmd.query_async(&mut conn).await.unwrap();
+        out.push(format!("{}={:.3}", it.limit, v.unwrap_or(-1.0)));
+    }
+    out.join(" ")
+}
+
+/// One script call for many admissions decides each as if it were its own call, one after
+/// another: the same answers and the same counters as the calls made singly (on a second
+/// server), with the cached counters written back, a refusal in the middle counting
+/// nothing, and the next single call seeing everything the batch counted.
+#[tokio::test]
+async fn a_batch_decides_as_its_admissions_would_one_by_one() {
+    let (one, two) = (server().await, server().await);
+    let (single, batched) = (backend(&one.url).await, backend(&two.url).await);
+    let state = ProviderState::new(four_kinds());
+    // Credits 9 a day, requests 5 an hour and 4 tokens, 3 leases: each kind binds somewhere.
+    let costs = [2.0, 1.0, 8.0, 3.0, 1.0, 1.0, 2.0, 1.0, 1.0];
+    let mut shapes = Vec::new();
+    for b in [&single, &batched] {
+        let Reply::Stale { now } = b.admit(&plans_of(&state, &[1.0], 0)[0]).await.unwrap() else {
+            panic!("the first call names the period")
+        };
+        let plans = plans_of(&state, &costs, now);
+        let replies = if Arc::ptr_eq(b, &single) {
+            let mut r = Vec::new();
+            for p in &plans {
+                r.push(b.admit(p).await.unwrap());
+            }
+            r
+        } else {
+            let parts: Vec<&[super::plan::Item]> = plans.iter().map(Vec::as_slice).collect();
+            b.admit_batch(&parts).await.unwrap()
+        };
+        let mut s: Vec<String> = replies.iter().map(shape).collect();
+        s.push(stored(b, &plans[0]).await);
+        // The next call, alone, sees what the batch counted.
+        s.push(shape(
+            &b.admit(&plans_of(&state, &[1.0], now)[0]).await.unwrap(),
+        ));
+        shapes.push(s);
+    }
+    assert_eq!(shapes[0], shapes[1]);
+    let s = &shapes[1];
+    assert!(
+        s[0].starts_with("admitted") && s[1].starts_with("admitted"),
+        "{s:?}"
+    );
+    assert!(s[2].starts_with("wait on 2"), "8 credits over 9 - 3: {s:?}");
+    assert!(s[3].starts_with("admitted"), "{s:?}");
+    assert!(
+        s[4].starts_with("wait on 3 (release true)"),
+        "3 leases held: {s:?}"
+    );
+    assert_eq!(
+        s[costs.len()],
+        "rph=3.000 tb=1.000 day=6.000 conc=3.000",
+        "counters written back once, refusals counting nothing"
+    );
+}
+
+/// Admissions that arrive while a script call is in flight go together in the next one:
+/// 40 concurrent calls against 15 requests a minute make a few script calls, not 40, and
+/// exactly 15 are admitted.
+#[tokio::test]
+async fn concurrent_admissions_share_script_calls_and_never_overshoot() {
+    let srv = server().await;
+    let b = backend(&srv.url).await;
+    let state = Arc::new(ProviderState::new(ProviderSpec::new(
+        "p",
+        vec![LimitSpec::new(
+            "rpm",
+            Unit::Requests,
+            15.0,
+            WindowKind::Rolling { len: 60 * SECOND },
+        )],
+    )));
+    let mut conn = b.conn.load_full().expect("connected").as_ref().clone();
+    let () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let calls: Vec<_> = (0..40)
+        .map(|_| {
+            let (b, state) = (Arc::clone(&b), Arc::clone(&state));
+            tokio::spawn(async move {
+                let items = plan(&state, Costs::ZERO.with(Unit::Requests, 1.0), 0);
+                b.admit_coalesced(items).await.1.unwrap()
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for c in calls {
+        match c.await.unwrap() {
+            Reply::Admitted { .. } => admitted += 1,
+            Reply::Wait { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(admitted, 15);
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let scripts: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no EVALSHA in {info}"));
+    assert!(
+        (1..10).contains(&scripts),
+        "{scripts} script calls for 40 admissions"
+    );
+}

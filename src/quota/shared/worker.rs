@@ -8,11 +8,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::quota::shared::backend::{lock, Batch, RedisBackend};
-
-/// Group key of an op: its hash tag (one script call may only touch one cluster slot).
-fn tag_of(key: &str) -> &str {
-    key.find('}').map_or(key, |i| &key[..=i])
-}
+use crate::quota::shared::coalesce::tag_of;
 
 /// Applies queued corrections (batched per hash tag), reconnects, and reconciles.
 pub(super) async fn run(backend: Weak<RedisBackend>, mut rx: mpsc::UnboundedReceiver<Batch>) {
