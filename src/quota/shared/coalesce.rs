@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::quota::shared::backend::RedisBackend;
 use crate::quota::shared::options::BackendError;
-use crate::quota::shared::plan::{Item, Reply};
+use crate::quota::shared::plan::{settle_ops, Item, Reply, Ticket};
 
 /// Admissions in one script call at most (the rest go in the next).
 pub(super) const MAX_BATCH: usize = 64;
@@ -80,13 +80,26 @@ async fn fly(b: Arc<RedisBackend>, mut batch: Vec<Waiting>) {
         match result {
             Ok(replies) => {
                 for (w, r) in group.into_iter().zip(replies) {
-                    // A caller that went away (its request cancelled) needs no answer;
-                    // what was admitted for it is counted, as for any call cut off after
-                    // its script ran.
-                    let _ = w.reply.send((w.items, Ok(r)));
+                    // A caller that went away (its request cancelled while it waited) gets
+                    // what was admitted for it refunded and its leases released.
+                    if let Err((items, Ok(Reply::Admitted { now, used }))) =
+                        w.reply.send((w.items, Ok(r)))
+                    {
+                        let ticket = Ticket {
+                            items,
+                            at: now,
+                            used,
+                            fallback: false,
+                        };
+                        b.adjust_later(settle_ops(&ticket, None, true));
+                    }
                 }
             }
             Err(e) => {
+                // One failure is counted per admission Redis did not decide (`call` counted
+                // the first), as when each was its own call.
+                metrics::counter!("quota_proxy_state_backend_errors_total")
+                    .increment(group.len().saturating_sub(1) as u64);
                 let text = e.to_string();
                 let mut first = Some(e);
                 for w in group {

@@ -4,8 +4,10 @@
 //! ```text
 //! Provider::admit ─▶ ProviderHandle::attempt_async ─▶ ProviderState::shared_plan (items)
 //!                        │                              │
-//!                        │           EVALSHA admit.lua (one round trip, all limits,
-//!                        │           all or nothing, clock = redis TIME)
+//!                        │           coalesce: admissions waiting while script calls
+//!                        │           are in flight (at most 2) go in the next one
+//!                        │           EVALSHA admit.lua (one round trip, all limits of
+//!                        │           each admission, all or nothing, clock = redis TIME)
 //!                        ▼
 //!    Permit ── settle / cancel / drop ──▶ worker: EVALSHA adjust.lua (batched, off the
 //!                                          response path)

@@ -637,3 +637,66 @@ async fn concurrent_admissions_share_script_calls_and_never_overshoot() {
         "{scripts} script calls for 40 admissions"
     );
 }
+
+/// A caller that goes away while its admission waits for Redis (its request cancelled)
+/// has what was admitted for it refunded and its lease released, not held until the lease
+/// expires.
+#[tokio::test]
+async fn an_admission_whose_caller_went_away_is_refunded() {
+    let srv = server().await;
+    let b = backend(&srv.url).await;
+    let state = ProviderState::new(ProviderSpec::new(
+        "p",
+        vec![
+            LimitSpec::new(
+                "rpm",
+                Unit::Requests,
+                10.0,
+                WindowKind::Rolling { len: 60 * SECOND },
+            ),
+            LimitSpec::new("conc", Unit::Concurrent, 1.0, WindowKind::None),
+        ],
+    ));
+    let items = plan(&state, Costs::ZERO.with(Unit::Requests, 1.0), 0);
+    let keys: Vec<String> = items.iter().map(|it| it.key.clone()).collect();
+    // Polled once: the admission is queued, then the caller is dropped before the answer.
+    tokio::select! {
+        biased;
+        _ = b.admit_coalesced(items) => panic!("answered without a round trip"),
+        () = std::future::ready(()) => {}
+    }
+    let mut conn = b.conn.load_full().expect("connected").as_ref().clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let (mut counted, mut leases) = (None, None);
+    // The refund goes through the settle worker: wait for both counters to come back.
+    while std::time::Instant::now() < deadline {
+        counted = redis::cmd("HGET")
+            .arg(&keys[0])
+            .arg("s")
+            .query_async::<Option<f64>>(&mut conn)
+            .await
+            .unwrap();
+        leases = Some(
+            redis::cmd("ZCARD")
+                .arg(&keys[1])
+                .query_async::<u64>(&mut conn)
+                .await
+                .unwrap(),
+        );
+        if counted == Some(0.0) && leases == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        (counted, leases),
+        (Some(0.0), Some(0)),
+        "refunded and released"
+    );
+    // The one concurrency slot is free for the next caller.
+    let next = plan(&state, Costs::ZERO.with(Unit::Requests, 1.0), 0);
+    assert!(matches!(
+        b.admit_coalesced(next).await.1.unwrap(),
+        Reply::Admitted { .. }
+    ));
+}
