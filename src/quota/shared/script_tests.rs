@@ -666,10 +666,10 @@ async fn an_admission_whose_caller_went_away_is_refunded() {
         () = std::future::ready(()) => {}
     }
     let mut conn = b.conn.load_full().expect("connected").as_ref().clone();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let (mut counted, mut leases) = (None, None);
     // The refund goes through the settle worker: wait for both counters to come back.
-    while std::time::Instant::now() < deadline {
+    while tokio::time::Instant::now() < deadline {
         counted = redis::cmd("HGET")
             .arg(&keys[0])
             .arg("s")
