@@ -353,7 +353,7 @@ impl redis::ToRedisArgs for ScriptNum {
 /// then cost, cap, p1, p2 and the count of its string fields as little-endian doubles
 /// (Lua's `struct.unpack('<c1ddddd')`). Numbers travel exact, with no formatting here and
 /// no parsing in the script. Each admission's records follow its item count (one double).
-pub(crate) const RECORD: usize = 1 + 5 * 8;
+const RECORD: usize = 1 + 5 * 8;
 
 fn push_record(out: &mut Vec<u8>, kind: u8, nums: [f64; 5]) {
     out.push(kind);
