@@ -5,6 +5,8 @@
 //! backend's worker, off the measured path, as in the proxy.
 //!
 //! `redis_ping_round_trip` is the floor: one bare round trip on the same connection kind.
+//! `redis_backend_16_at_once` times 16 admissions started together, which the backend sends
+//! as batched script calls (the first alone, the rest together while it is in flight).
 //!
 //! Run: `cargo bench --bench redis -- --warm-up-time 1 --measurement-time 3`
 
@@ -90,6 +92,23 @@ fn admit_once(rt: &tokio::runtime::Runtime, engine: &Engine, actual: &Costs) {
     });
 }
 
+/// `n` admissions at once, as `n` requests arriving together, each settled at its estimate
+/// (so no correction follows them to Redis: the iteration is the batch alone).
+fn admit_many(rt: &tokio::runtime::Runtime, engine: &Engine, n: usize) {
+    let costs = Costs::default()
+        .with(Unit::Tokens, 900.0)
+        .with(Unit::Usd, 0.0004);
+    rt.block_on(async {
+        let calls = (0..n).map(|_| engine.admit("openai", Demand::new("c", costs), None));
+        for admitted in futures_util::future::join_all(calls).await {
+            match admitted {
+                Ok(p) => p.settle(&costs),
+                Err(e) => panic!("refused: {e}"),
+            }
+        }
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let (_server, port) = redis_server();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -115,6 +134,9 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("redis_backend", |b| {
         b.iter(|| admit_once(&rt, &shared, &actual))
+    });
+    g.bench_function("redis_backend_16_at_once", |b| {
+        b.iter(|| admit_many(&rt, &shared, 16))
     });
     // The floor: one bare round trip (PING) on the same kind of connection.
     let mut conn = rt.block_on(async {
