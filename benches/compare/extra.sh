@@ -1,7 +1,10 @@
 # Sourced by benches/compare.sh (needs its helpers and variables): the SPEC §13 rows beyond
 # plain HTTP. Each appends result rows to $EXTRAS (JSON lines) for report.py:
 #   {"row", "proxy", "peer", "peer_name", "unit", "ratio", "target", "met", "detail"}
-# "ratio" is proxy/peer when both exist; "met" is null when the row has no target.
+# "ratio" is proxy/peer when both exist, or, for rows measured in interleaved rounds, the
+# median of the ratios taken within each round (as report.py does for the plain rows: a
+# machine's drift between rounds cancels within a round); "met" is null when the row has no
+# target.
 #
 #   tls        intercepted HTTPS through quota-proxy vs its own blind CONNECT tunnel and
 #              mitmdump: keep-alive CPU/request, new connection per request CPU/connection,
@@ -16,15 +19,19 @@ EXTRAS="$WORK/extras.jsonl"
 : >"$EXTRAS"
 
 # extra ROW PROXY PEER PEER_NAME UNIT TARGET_TEXT PREDICATE(python, on "v" = ratio or proxy
-# figure; empty = none) ON(ratio|proxy) DETAIL
+# figure; empty = none) ON(ratio|proxy) DETAIL [PER_ROUND_RATIOS (space-separated)]
 extra() {
   X_ROW="$1" X_PROXY="$2" X_PEER="$3" X_PEER_NAME="$4" X_UNIT="$5" X_TARGET="$6" X_PRED="$7" \
-  X_ON="$8" X_DETAIL="${9:-}" python3 - "$EXTRAS" <<'EOF'
-import json, os, sys
+  X_ON="$8" X_DETAIL="${9:-}" X_ROUNDS="${10:-}" python3 - "$EXTRAS" <<'EOF'
+import json, os, statistics, sys
 e = os.environ
 num = lambda s: float(s) if s not in ("", "null", "None") else None
 proxy, peer = num(e["X_PROXY"]), num(e["X_PEER"])
-ratio = proxy / peer if proxy is not None and peer else None
+rounds = [float(x) for x in e["X_ROUNDS"].split()]
+if rounds:
+    ratio = statistics.median(rounds)
+else:
+    ratio = proxy / peer if proxy is not None and peer else None
 v = ratio if e["X_ON"] == "ratio" else proxy
 met = None
 if e["X_PRED"] and v is not None:
@@ -35,6 +42,16 @@ row = {"row": e["X_ROW"], "proxy": proxy, "peer": peer, "peer_name": e["X_PEER_N
 with open(sys.argv[1], "a") as f:
     f.write(json.dumps(row) + "\n")
 EOF
+}
+
+# The ratio of two per-round lists, round by round: ratios_of NUM_ARRAY DEN_ARRAY.
+ratios_of() {
+  local -n num_=$1 den_=$2
+  local i out=()
+  for i in "${!num_[@]}"; do
+    [[ -n "${den_[i]:-}" ]] && out+=("$(awk -v a="${num_[i]}" -v b="${den_[i]}" 'BEGIN{if (b > 0) print a/b}')")
+  done
+  echo "${out[*]}"
 }
 
 median_of() { python3 -c 'import statistics,sys; v=[float(x) for x in sys.argv[1:] if x not in ("","None")]; print(statistics.median(v) if v else "")' "$@"; }
@@ -200,14 +217,16 @@ run_tls() {
   local ki kb km ni nm
   ki=$(median_of "${ka_i[@]}") kb=$(median_of "${ka_b[@]}") km=$(median_of "${ka_m[@]}")
   ni=$(median_of "${nc_i[@]}") nm=$(median_of "${nc_m[@]}")
+  local r_kb r_km r_nm
+  r_kb=$(ratios_of ka_i ka_b) r_km=$(ratios_of ka_i ka_m) r_nm=$(ratios_of nc_i nc_m)
   extra "intercepted HTTPS keep-alive: CPU us/request vs blind tunnel" "$ki" "$kb" "qp blind tunnel" \
-    "us/request" "<= 1.5x" "v <= 1.5" ratio "per round: ${ka_i[*]} vs ${ka_b[*]}"
+    "us/request" "<= 1.5x" "v <= 1.5" ratio "per round: ${ka_i[*]} vs ${ka_b[*]}; ratios $r_kb" "$r_kb"
   extra "intercepted HTTPS keep-alive: CPU us/request vs mitmdump" "$ki" "$km" mitmdump \
-    "us/request" "<= 1/30 (0.033x)" "v <= 1/30" ratio "mitmdump per round: ${ka_m[*]}"
+    "us/request" "<= 1/30 (0.033x)" "v <= 1/30" ratio "mitmdump per round: ${ka_m[*]}; ratios $r_km" "$r_km"
   extra "intercepted HTTPS new conn: CPU us/connection" "$ni" "" "" \
     "us/connection" "<= 400 us" "v <= 400" proxy "per round: ${nc_i[*]}"
   extra "intercepted HTTPS new conn: CPU us/connection vs mitmdump" "$ni" "$nm" mitmdump \
-    "us/connection" "<= 1/15 (0.067x)" "v <= 1/15" ratio "mitmdump per round: ${nc_m[*]}"
+    "us/connection" "<= 1/15 (0.067x)" "v <= 1/15" ratio "mitmdump per round: ${nc_m[*]}; ratios $r_nm" "$r_nm"
 
   # First connection to a host never seen (a leaf is minted) vs the same host again (cached
   # leaf): TLS handshake time through the proxy as curl sees it.
@@ -344,11 +363,11 @@ run_redis() {
   extra "Redis 2 replicas: added p50 over the local backend (us)" "$added_med" "$rtt" \
     "one Redis round trip p50 from the proxy's core" "us" "<= RTT + 20 us" "v <= $rtt + 20" proxy \
     "p50 at ${FIXED_RATE} req/s, redis ${p50_r[*]} vs local ${p50_l[*]} us; PING round trip ${rtt} us from the proxy's core, ${rtt_same} us on Redis's core"
-  local ratios=()
-  for i in "${!rps_r[@]}"; do ratios+=("$(awk -v a="${rps_r[i]}" -v b="${rps_l[i]}" 'BEGIN{print a/b}')"); done
+  local ratios
+  ratios=$(ratios_of rps_r rps_l)
   extra "Redis 2 replicas: saturation req/s vs the local backend" "$(median_of "${rps_r[@]}")" \
     "$(median_of "${rps_l[@]}")" "local backend" "req/s" ">= 0.7x" "v >= 0.7" ratio \
-    "per round ratio ${ratios[*]}"
+    "per round ratio $ratios" "$ratios"
 }
 
 # ---------------------------------------------------------------------------------------

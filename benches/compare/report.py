@@ -292,7 +292,8 @@ def main():
         })
     if extras:
         p("")
-        p("  other SPEC 13 rows (benches/compare/extra.sh)")
+        p("  other SPEC 13 rows (benches/compare/extra.sh; proxy and peer are medians over rounds,"
+          " ratio the median of the per-round ratios where the rows ran in rounds)")
         p(f"  {'row':<70}{'proxy':>10}{'peer':>10}{'ratio':>8}  {'target':<18}{'met':<5}")
         for x in extras:
             met = x.get("met")
