@@ -109,6 +109,36 @@ fn check_rejects_a_bad_duration_with_its_position() {
 }
 
 #[test]
+fn check_rejects_a_limit_name_the_ratelimit_headers_cannot_quote() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "{}\n[[providers.mock.limits]]\nname = \"per \\\"minute\\\"\"\nunit = \"requests\"\namount = 10\nwindow = \"1m\"\n",
+        valid_config()
+    );
+    let line = cfg
+        .lines()
+        .position(|l| l.starts_with("[[providers.mock.limits]]"))
+        .unwrap()
+        + 1;
+    let file = write(dir.path(), "name.toml", &cfg);
+
+    let out = run_cli(&["check", "-c", &file], dir.path());
+
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_names_position(&text, &file, line);
+    assert!(
+        text.contains("printable ASCII"),
+        "the rule is named:\n{text}"
+    );
+
+    let ok = cfg.replace("per \\\"minute\\\"", "per-minute");
+    let file = write(dir.path(), "name-ok.toml", &ok);
+    let out = run_cli(&["check", "-c", &file], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+}
+
+#[test]
 fn run_with_an_invalid_config_exits_1_without_serving() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = valid_config().replacen("[proxy]\n", "[proxy]\nunmatched = \"maybe\"\n", 1);

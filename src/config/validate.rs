@@ -656,8 +656,18 @@ fn limit_inner(raw: RawLimit) -> std::result::Result<Limit, (Field, String)> {
     }
     let scope = raw.scope.unwrap_or(Scope::Provider);
     let name = match raw.name {
-        Some(n) if !n.0.is_empty() => n.0,
-        Some(_) => return Err((Table, "`name` must not be empty".into())),
+        Some(n) if n.0.is_empty() => return Err((Table, "`name` must not be empty".into())),
+        // The name is quoted in the `RateLimit` response headers (a structured-field string).
+        Some(n) if !n.0.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') => {
+            return Err((
+                Table,
+                format!(
+                    "`name` {:?} may hold printable ASCII only, without `\"` or `\\` (it is quoted in the RateLimit response headers)",
+                    n.0
+                ),
+            ))
+        }
+        Some(n) => n.0,
         None => match &window_text {
             Some(w) => format!("{}-per-{w}", unit_name(unit)),
             None => unit_name(unit).to_string(),

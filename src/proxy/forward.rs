@@ -42,7 +42,7 @@ impl Destination {
         }
         if self.port != default {
             s.push(':');
-            super::settle::push_u64(&mut s, u64::from(self.port));
+            s.push_str(itoa::Buffer::new().format(self.port));
         }
         s
     }

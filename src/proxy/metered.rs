@@ -604,10 +604,11 @@ fn decorate(
         None => settle::tightest(&p.quota, &hints.client, key, account, now),
     };
     if let Some(t) = tightest {
-        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(t.ratelimit())) {
+        // Limit names are checked as header-safe when the config loads.
+        if let Ok(v) = t.ratelimit() {
             parts.headers.insert(&RATELIMIT, v);
         }
-        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(t.policy())) {
+        if let Ok(v) = t.policy() {
             parts.headers.insert(&RATELIMIT_POLICY, v);
         }
     }

@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use http::header::{HeaderValue, InvalidHeaderValue};
 use http::Response;
 use http_body_util::BodyExt;
 
@@ -182,6 +183,9 @@ fn settle(s: Settlement, status: u16, outcome: TapOutcome) {
     s.permit.settle(&actual);
 }
 
+/// `RateLimit-Policy` values kept per thread ([`Tightest::policy`]).
+const POLICY_CACHE: usize = 4;
+
 /// The limit with the least room among those that applied to a call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tightest {
@@ -206,7 +210,7 @@ impl Tightest {
     }
 
     /// `RateLimit: "name";r=REMAINING;t=RESET` (draft-ietf-httpapi-ratelimit-headers).
-    pub fn ratelimit(&self) -> String {
+    pub fn ratelimit(&self) -> Result<HeaderValue, InvalidHeaderValue> {
         self.header(
             ";r=",
             self.remaining.floor().max(0.0) as u64,
@@ -215,42 +219,55 @@ impl Tightest {
         )
     }
 
-    /// `RateLimit-Policy: "name";q=AMOUNT;w=WINDOW`.
-    pub fn policy(&self) -> String {
-        self.header(";q=", self.amount.floor() as u64, ";w=", self.window_secs)
+    /// `RateLimit-Policy: "name";q=AMOUNT;w=WINDOW`. It changes only with the config, so
+    /// the last few values built on this thread are kept and a repeat is a cheap clone.
+    pub fn policy(&self) -> Result<HeaderValue, InvalidHeaderValue> {
+        type Entry = (String, u64, Option<u64>, HeaderValue);
+        thread_local! {
+            static RECENT: std::cell::RefCell<[Option<Entry>; POLICY_CACHE]> =
+                const { std::cell::RefCell::new([const { None }; POLICY_CACHE]) };
+        }
+        let amount = self.amount.floor() as u64;
+        let window = self.window_secs;
+        let same = |e: &Entry| e.1 == amount && e.2 == window && e.0 == self.name;
+        RECENT.with_borrow_mut(|recent| {
+            if let Some((.., v)) = recent.iter().flatten().find(|e| same(e)) {
+                return Ok(v.clone());
+            }
+            let v = self.header(";q=", amount, ";w=", window)?;
+            // The newest first; the oldest falls out.
+            recent.rotate_right(1);
+            recent[0] = Some((self.name.clone(), amount, window, v.clone()));
+            Ok(v)
+        })
     }
 
-    /// `"name"` A=a [B=b], built without the formatting machinery (once per response).
-    fn header(&self, a: &str, av: u64, b: &str, bv: Option<u64>) -> String {
-        let mut s = String::with_capacity(self.name.len() + 48);
-        s.push('"');
-        s.push_str(&self.name);
-        s.push('"');
-        s.push_str(a);
-        push_u64(&mut s, av);
+    /// `"name"` A=a [B=b], written once into a buffer of its exact size that becomes the
+    /// value's own storage (once per response: one allocation, no formatting machinery).
+    fn header(
+        &self,
+        a: &str,
+        av: u64,
+        b: &str,
+        bv: Option<u64>,
+    ) -> Result<HeaderValue, InvalidHeaderValue> {
+        let (mut ab, mut bb) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let av = ab.format(av);
+        let bv = bv.map(|v| bb.format(v));
+        let len = self.name.len() + 2 + a.len() + av.len() + bv.map_or(0, |v| b.len() + v.len());
+        let mut out = Vec::with_capacity(len);
+        out.push(b'"');
+        out.extend_from_slice(self.name.as_bytes());
+        out.push(b'"');
+        out.extend_from_slice(a.as_bytes());
+        out.extend_from_slice(av.as_bytes());
         if let Some(v) = bv {
-            s.push_str(b);
-            push_u64(&mut s, v);
+            out.extend_from_slice(b.as_bytes());
+            out.extend_from_slice(v.as_bytes());
         }
-        s
-    }
-}
-
-/// Appends `v` in decimal.
-pub(crate) fn push_u64(s: &mut String, mut v: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    // ASCII digits only, so the check cannot fail; one append instead of one per digit.
-    if let Ok(text) = std::str::from_utf8(&digits[i..]) {
-        s.push_str(text);
+        // Length equal to capacity: the vector becomes the `Bytes` without a copy or a
+        // shared header.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(out))
     }
 }
 
@@ -319,12 +336,39 @@ mod tests {
         }
     }
 
+    /// The kept policy values never stand in for another limit's: a name, amount or window
+    /// that differs gets its own value, also after more policies than are kept.
     #[test]
-    fn decimal_digits() {
-        for v in [0, 7, 10, 99, 1_000_000, u64::MAX] {
-            let mut s = String::from("x");
-            push_u64(&mut s, v);
-            assert_eq!(s, format!("x{v}"));
+    fn policy_values_follow_name_amount_and_window() {
+        let t = |name: &str, amount: f64, window: Option<u64>| Tightest {
+            name: name.into(),
+            amount,
+            remaining: 1.0,
+            window_secs: window,
+            reset_secs: Some(3),
+        };
+        for round in 0..3 {
+            for i in 0..(POLICY_CACHE as u64 + 2) {
+                let amount = 10.0 + i as f64;
+                assert_eq!(
+                    t("rpm", amount, Some(60)).policy().unwrap(),
+                    format!("\"rpm\";q={};w=60", 10 + i).as_str(),
+                    "round {round}"
+                );
+            }
+            assert_eq!(t("rpm", 10.9, None).policy().unwrap(), "\"rpm\";q=10");
+            assert_eq!(
+                t("rpm", 10.0, Some(1)).policy().unwrap(),
+                "\"rpm\";q=10;w=1"
+            );
+            assert_eq!(
+                t("tpm", 10.0, Some(60)).policy().unwrap(),
+                "\"tpm\";q=10;w=60"
+            );
+            assert_eq!(
+                t("rpm", 10.0, Some(60)).policy().unwrap(),
+                "\"rpm\";q=10;w=60"
+            );
         }
     }
 
@@ -338,8 +382,8 @@ mod tests {
         ];
         let t = from_snapshot(&snap, "me", Some("k1"), None, 0).unwrap();
         assert_eq!(t.name, "per-client");
-        assert_eq!(t.ratelimit(), "\"per-client\";r=5;t=30");
-        assert_eq!(t.policy(), "\"per-client\";q=10;w=60");
+        assert_eq!(t.ratelimit().unwrap(), "\"per-client\";r=5;t=30");
+        assert_eq!(t.policy().unwrap(), "\"per-client\";q=10;w=60");
         assert_eq!(
             from_snapshot(&snap, "nobody", None, None, 0).unwrap().name,
             "rpm"

@@ -195,12 +195,17 @@ impl RollingWindow {
 
     /// When everything counted at `now` will have left the window (`None` when empty).
     pub fn resets_at(&self, now: Micros) -> Option<Micros> {
+        let leaves = |k: u64| (k + self.n + 1).saturating_mul(self.width);
+        if now < self.head_end && self.ring[self.head_slot] > 0.0 {
+            // The common case, without a division: the newest bucket holds usage.
+            return Some(leaves(self.head));
+        }
         let b = (now / self.width).max(self.head);
         let oldest = b.saturating_sub(self.n);
         (oldest..=self.head)
             .rev()
             .find(|&k| self.ring[self.slot(k)] > 0.0)
-            .map(|k| (k + self.n + 1).saturating_mul(self.width))
+            .map(leaves)
     }
 }
 
@@ -271,6 +276,31 @@ mod tests {
             Fit::At(T0 + 75 * SECOND)
         );
         assert_eq!(w.resets_at(T0 + 30 * SECOND), Some(T0 + 85 * SECOND));
+    }
+
+    /// Inside the newest bucket and after it, with the newest bucket used or emptied by a
+    /// settlement: the time all usage has left is the newest used bucket's end + a window.
+    #[test]
+    fn resets_at_is_when_the_newest_used_bucket_leaves() {
+        let mut w = RollingWindow::new(MIN);
+        let reference = |w: &RollingWindow, now: Micros| {
+            w.buckets(now)
+                .last()
+                .map(|&(start, _)| start + (w.n + 1) * w.width)
+        };
+        w.add(3.0, T0);
+        let newest = w.add(2.0, T0 + 10 * SECOND);
+        for now in [T0 + 10 * SECOND, T0 + 10 * SECOND + 1, T0 + 30 * SECOND] {
+            assert_eq!(w.resets_at(now), reference(&w, now), "at {now}");
+            assert!(w.resets_at(now).is_some());
+        }
+        w.adjust(newest, -2.0, T0 + 10 * SECOND);
+        let now = T0 + 10 * SECOND + 1;
+        assert_eq!(w.resets_at(now), reference(&w, now));
+        assert_eq!(
+            w.resets_at(now),
+            Some(T0 / w.width * w.width + (w.n + 1) * w.width)
+        );
     }
 
     #[test]

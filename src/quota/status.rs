@@ -72,15 +72,17 @@ impl ProviderState {
         account: Option<&str>,
         now: Micros,
     ) -> Option<Headroom> {
-        let mut best: Option<(f64, &Entry, f64, f64, Option<Micros>)> = None;
+        // (fraction, entry, its counter if it has one, amount, remaining); when usage
+        // resets is read for the winner only.
+        let mut best: Option<(f64, &Entry, Option<&Slot>, f64, f64)> = None;
         for (ei, e) in self.entries.iter().enumerate() {
             if e.spec.unit == Unit::Concurrent {
                 continue;
             }
-            let (amount, remaining, resets_at) =
+            let (slot, amount, remaining) =
                 if e.spec.scope == Scope::Provider && e.provider_slot.is_none() {
-                    let unused = self.unused_status_figures(e, now);
-                    (unused.0, unused.0.max(0.0), unused.1)
+                    let amount = unused_amount(e);
+                    (None, amount, amount.max(0.0))
                 } else {
                     let slot = match e.spec.scope {
                         Scope::Provider => e.provider_slot,
@@ -96,7 +98,7 @@ impl ProviderState {
                     };
                     let amount = s.meter.capacity(e.spec.amount);
                     let used = s.meter.used(now);
-                    (amount, (amount - used).max(0.0), s.meter.resets_at(now))
+                    (Some(s), amount, (amount - used).max(0.0))
                 };
             if amount <= 0.0 {
                 continue;
@@ -106,10 +108,10 @@ impl ProviderState {
                 .as_ref()
                 .is_none_or(|b| fraction.total_cmp(&b.0) == std::cmp::Ordering::Less)
             {
-                best = Some((fraction, e, amount, remaining, resets_at));
+                best = Some((fraction, e, slot, amount, remaining));
             }
         }
-        best.map(|(_, e, amount, remaining, resets_at)| Headroom {
+        best.map(|(_, e, slot, amount, remaining)| Headroom {
             name: e.spec.name.clone(),
             amount,
             remaining,
@@ -117,21 +119,11 @@ impl ProviderState {
                 WindowKind::Rolling { len } => Some((len / crate::quota::clock::SECOND).max(1)),
                 _ => None,
             },
-            resets_at,
+            resets_at: match slot {
+                Some(s) => s.meter.resets_at(now),
+                None => unused_resets_at(e, now),
+            },
         })
-    }
-
-    /// (amount, resets_at) of a provider-scope limit not used yet.
-    fn unused_status_figures(&self, e: &Entry, now: Micros) -> (f64, Option<Micros>) {
-        let amount = match e.spec.window {
-            WindowKind::TokenBucket { burst, .. } => burst,
-            _ => e.spec.amount,
-        };
-        let resets_at = match e.spec.window {
-            WindowKind::Calendar { period, tz } => Some(period_bounds(period, tz, now).1),
-            _ => None,
-        };
-        (amount, resets_at)
     }
 
     /// Every counter that exists, in limit order (scope ids sorted); provider-scope limits
@@ -155,7 +147,7 @@ impl ProviderState {
     }
 
     fn unused_status(&self, e: &Entry, now: Micros) -> LimitStatus {
-        let (amount, resets_at) = self.unused_status_figures(e, now);
+        let (amount, resets_at) = (unused_amount(e), unused_resets_at(e, now));
         LimitStatus {
             name: e.spec.name.clone(),
             unit: e.spec.unit,
@@ -199,5 +191,21 @@ impl ProviderState {
             resets_at: s.meter.resets_at(now),
             shares,
         }
+    }
+}
+
+/// The amount of a provider-scope limit not used yet (a bucket's burst).
+fn unused_amount(e: &Entry) -> f64 {
+    match e.spec.window {
+        WindowKind::TokenBucket { burst, .. } => burst,
+        _ => e.spec.amount,
+    }
+}
+
+/// When a provider-scope limit not used yet resets: a calendar period's end, else never.
+fn unused_resets_at(e: &Entry, now: Micros) -> Option<Micros> {
+    match e.spec.window {
+        WindowKind::Calendar { period, tz } => Some(period_bounds(period, tz, now).1),
+        _ => None,
     }
 }
