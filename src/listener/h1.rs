@@ -164,6 +164,11 @@ where
     tokio::pin!(stop);
     let tick = tokio::time::sleep(PARK_AFTER);
     tokio::pin!(tick);
+    // The tick is first polled (and so registered with the timer) once no response is open:
+    // a connection that closes after its one response (`Connection: close`) never registers
+    // it. A timer due before the runtime's next wake-up costs a wake of the I/O driver (a
+    // system call), which a connection per request paid every time.
+    let mut armed = false;
     let mut seen = activity.requests.load(Ordering::Relaxed);
     let mut state = State::Serving;
     let mut side = SideWake::default();
@@ -173,8 +178,11 @@ where
         }
         match state {
             State::Serving => {
-                let Some(waker) = side.due(cx) else {
-                    return Poll::Pending;
+                let idle = || activity.open.load(Ordering::Relaxed) == 0;
+                let waker = match side.due(cx) {
+                    Some(w) => w,
+                    None if !armed && idle() => side.waker(cx),
+                    None => return Poll::Pending,
                 };
                 let mut side_cx = Context::from_waker(waker);
                 if stop.as_mut().poll(&mut side_cx).is_ready() {
@@ -182,6 +190,12 @@ where
                     Pin::new(&mut *http).graceful_shutdown();
                     continue;
                 }
+                if !armed && !idle() {
+                    // A response is open: parking cannot happen before it ends, and its
+                    // end (inside hyper's poll, on this task) arms the tick.
+                    return Poll::Pending;
+                }
+                armed = true;
                 if tick.as_mut().poll(&mut side_cx).is_ready() {
                     let now = activity.requests.load(Ordering::Relaxed);
                     if now == seen && activity.open.load(Ordering::Relaxed) == 0 {
@@ -255,16 +269,32 @@ impl SideWake {
     /// The waker to poll the side futures with, if they are due a poll: on the first poll,
     /// when the task's waker changed, or after one of them woke the task.
     fn due(&mut self, cx: &Context<'_>) -> Option<&Waker> {
-        let fresh = !matches!(&self.current, Some((flag, _)) if flag.task.will_wake(cx.waker()));
-        if fresh {
-            let flag = Arc::new(SideFlag {
-                due: AtomicBool::new(false),
-                task: cx.waker().clone(),
-            });
-            self.current = Some((flag.clone(), Waker::from(flag)));
-        }
+        let fresh = self.follow(cx);
         let (flag, waker) = self.current.as_ref()?;
         (fresh || flag.due.swap(false, Ordering::AcqRel)).then_some(waker)
+    }
+
+    /// The waker to poll the side futures with, due or not.
+    fn waker(&mut self, cx: &Context<'_>) -> &Waker {
+        self.follow(cx);
+        &self.current.get_or_insert_with(|| SideWake::wrap(cx)).1
+    }
+
+    /// Wraps the task's waker anew on the first poll or when it changed; `true` then.
+    fn follow(&mut self, cx: &Context<'_>) -> bool {
+        let fresh = !matches!(&self.current, Some((flag, _)) if flag.task.will_wake(cx.waker()));
+        if fresh {
+            self.current = Some(SideWake::wrap(cx));
+        }
+        fresh
+    }
+
+    fn wrap(cx: &Context<'_>) -> (Arc<SideFlag>, Waker) {
+        let flag = Arc::new(SideFlag {
+            due: AtomicBool::new(false),
+            task: cx.waker().clone(),
+        });
+        (flag.clone(), Waker::from(flag))
     }
 
     /// Has the side futures polled at the next chance.
