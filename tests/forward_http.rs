@@ -330,3 +330,60 @@ async fn unmatched_plain_http_is_403_in_deny_mode() {
     let resp = forward(proxy.proxy_addr, "GET", &mock_url(&up, "/v1/ok"), &[], "").await;
     assert_eq!(resp.status, 200);
 }
+
+/// A client that asks to close gets the whole response, then a clean end of stream (a FIN,
+/// not a reset), on a plain connection and on a plain HTTP tunnel through CONNECT.
+#[tokio::test]
+async fn connection_close_ends_with_the_whole_response_and_a_clean_eof() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = "x".repeat(100_000);
+    let up = MockUpstream::plain(fixed(200, &[], &body)).await;
+    let proxy = Proxy::start(&mock_config(&up).build());
+    let url = mock_url(&up, "/v1/close");
+    let host = format!("{MOCK_HOST}:{}", up.port());
+    for tunnel in [false, true] {
+        let mut s = tokio::net::TcpStream::connect(proxy.proxy_addr)
+            .await
+            .unwrap();
+        let target = if tunnel {
+            s.write_all(format!("CONNECT {host} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 1];
+                assert_eq!(s.read(&mut b).await.unwrap(), 1, "CONNECT answer cut short");
+                head.push(b[0]);
+            }
+            assert!(
+                head.starts_with(b"HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&head)
+            );
+            "/v1/close".to_string()
+        } else {
+            url.clone()
+        };
+        s.write_all(
+            format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut got = Vec::new();
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut got))
+                .await
+                .expect("the proxy closes the connection after the response");
+        read.unwrap_or_else(|e| panic!("end of stream, not {e} (tunnel {tunnel})"));
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("HTTP/1.1 200"),
+            "tunnel {tunnel}: {text:.200}"
+        );
+        assert!(
+            text.ends_with(&body),
+            "the whole body arrives before the end (tunnel {tunnel})"
+        );
+    }
+}

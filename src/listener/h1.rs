@@ -61,7 +61,7 @@ where
         match head {
             Some((buf, Sniff::Http1)) => prefix = buf.freeze(),
             Some((buf, other)) => return refuse_head(Rewind::new(buf.freeze(), io), other).await,
-            None => return close(io).await,
+            None => return close(io, &conn).await,
         }
     }
 }
@@ -236,7 +236,7 @@ where
         metrics::counter!("quota_proxy_connections_parked_total").increment(1);
         return Some((io, ahead));
     }
-    close(io).await;
+    close(io, conn).await;
     None
 }
 
@@ -314,7 +314,12 @@ enum State {
     Closing,
 }
 
-/// Ends the stream as hyper would have: a write shutdown (TCP FIN, TLS close_notify).
-async fn close<I: AsyncWrite + Unpin>(mut io: I) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+/// Ends the stream: a TLS stream sends its close_notify and a write shutdown (as hyper
+/// would); a plain TCP stream is just closed, which sends the same FIN after any data still
+/// unsent (a `shutdown` first would be one more system call per connection, and changes
+/// nothing when the close follows at once).
+async fn close<I: AsyncWrite + Unpin>(mut io: I, conn: &ConnInfo) {
+    if conn.intercepted.as_ref().is_some_and(|i| i.tls) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+    }
 }
