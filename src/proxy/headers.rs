@@ -15,7 +15,8 @@ pub const MAX_DELAY_HEADER: &str = "x-quota-max-delay";
 /// The client of a call that names none.
 pub const ANONYMOUS: &str = "anonymous";
 
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOPS: usize = 8;
+const HOP_BY_HOP: [HeaderName; HOPS] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -29,28 +30,42 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers, including those named by `Connection`. `Transfer-Encoding` is
 /// left to hyper, which re-frames bodies itself.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of them: one pass over the names is cheaper than nine
-    // hashed removals.
-    let any = headers
-        .keys()
-        .any(|k| *k == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(k));
-    if !any {
+    // Most messages carry none of them, and those that do carry one or two (a client's
+    // `Connection: close` or `keep-alive`): one pass over the names finds which, and only
+    // those are removed (each removal is a hashed lookup).
+    let mut present = [false; HOPS];
+    let mut transfer_encoding = false;
+    for k in headers.keys() {
+        if *k == header::TRANSFER_ENCODING {
+            transfer_encoding = true;
+        } else if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present[i] = true;
+        }
+    }
+    if !transfer_encoding && !present.contains(&true) {
         return;
     }
+    // Other headers `Connection` names. `close` and `keep-alive` are the usual tokens: the
+    // first names no header, the second one removed below anyway, and skipping them spares
+    // building (allocating) a header name for each.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
-    headers.remove(header::TRANSFER_ENCODING);
+    if transfer_encoding {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
 }
 
 /// Who is calling and how patient they are, from the consumed request headers.
@@ -185,6 +200,33 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["authorization", "content-type"]);
+
+        // Each alone, with `close`, a named header after `keep-alive`, and repeated
+        // `Connection` headers.
+        for (hop, value) in [
+            ("connection", "close"),
+            ("connection", "Keep-Alive"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authorization", "Basic abc"),
+            ("upgrade", "h2c"),
+            ("trailer", "x-checksum"),
+        ] {
+            let mut h = map(&[(hop, value), ("content-type", "text/plain")]);
+            strip_hop_by_hop(&mut h);
+            let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+            assert_eq!(left, ["content-type"], "{hop}: {value}");
+        }
+        let mut h = map(&[
+            ("connection", "close"),
+            ("connection", "keep-alive , x-one,x-two"),
+            ("x-one", "1"),
+            ("x-two", "2"),
+            ("x-three", "3"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-three"]);
     }
 
     #[test]
