@@ -43,6 +43,21 @@ fn assert_names_position(text: &str, file: &str, line: usize) {
     );
 }
 
+/// Runs `check` on `cfg` written as `name`; asserts it fails naming the first line that
+/// starts with `at`, and returns its output.
+fn check_fails_at(name: &str, cfg: &str, at: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let line = cfg.lines().position(|l| l.starts_with(at)).unwrap() + 1;
+    let file = write(dir.path(), name, cfg);
+
+    let out = run_cli(&["check", "-c", &file], dir.path());
+
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_names_position(&text, &file, line);
+    text
+}
+
 fn valid_config() -> String {
     ConfigBuilder::new()
         .resolve(MOCK_HOST, "127.0.0.1")
@@ -70,20 +85,8 @@ fn check_accepts_a_valid_config_and_prints_each_provider() {
 
 #[test]
 fn check_rejects_an_unknown_key_with_its_position() {
-    let dir = tempfile::tempdir().unwrap();
     let cfg = valid_config().replacen("[proxy]\n", "[proxy]\nlisten_typo = 1\n", 1);
-    let line = cfg
-        .lines()
-        .position(|l| l.starts_with("listen_typo"))
-        .unwrap()
-        + 1;
-    let file = write(dir.path(), "unknown.toml", &cfg);
-
-    let out = run_cli(&["check", "-c", &file], dir.path());
-
-    let text = output_text(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
-    assert_names_position(&text, &file, line);
+    let text = check_fails_at("unknown.toml", &cfg, "listen_typo");
     assert!(
         text.contains("listen_typo"),
         "the unknown key is named:\n{text}"
@@ -92,46 +95,23 @@ fn check_rejects_an_unknown_key_with_its_position() {
 
 #[test]
 fn check_rejects_a_bad_duration_with_its_position() {
-    let dir = tempfile::tempdir().unwrap();
     let cfg = valid_config().replacen("[proxy]\n", "[proxy]\ndrain_timeout = \"30 parsecs\"\n", 1);
-    let line = cfg
-        .lines()
-        .position(|l| l.starts_with("drain_timeout"))
-        .unwrap()
-        + 1;
-    let file = write(dir.path(), "duration.toml", &cfg);
-
-    let out = run_cli(&["check", "-c", &file], dir.path());
-
-    let text = output_text(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
-    assert_names_position(&text, &file, line);
+    check_fails_at("duration.toml", &cfg, "drain_timeout");
 }
 
 #[test]
 fn check_rejects_a_limit_name_the_ratelimit_headers_cannot_quote() {
-    let dir = tempfile::tempdir().unwrap();
     let cfg = format!(
         "{}\n[[providers.mock.limits]]\nname = \"per \\\"minute\\\"\"\nunit = \"requests\"\namount = 10\nwindow = \"1m\"\n",
         valid_config()
     );
-    let line = cfg
-        .lines()
-        .position(|l| l.starts_with("[[providers.mock.limits]]"))
-        .unwrap()
-        + 1;
-    let file = write(dir.path(), "name.toml", &cfg);
-
-    let out = run_cli(&["check", "-c", &file], dir.path());
-
-    let text = output_text(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
-    assert_names_position(&text, &file, line);
+    let text = check_fails_at("name.toml", &cfg, "[[providers.mock.limits]]");
     assert!(
         text.contains("printable ASCII"),
         "the rule is named:\n{text}"
     );
 
+    let dir = tempfile::tempdir().unwrap();
     let ok = cfg.replace("per \\\"minute\\\"", "per-minute");
     let file = write(dir.path(), "name-ok.toml", &ok);
     let out = run_cli(&["check", "-c", &file], dir.path());

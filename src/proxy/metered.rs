@@ -604,12 +604,16 @@ fn decorate(
         None => settle::tightest(&p.quota, &hints.client, key, account, now),
     };
     if let Some(t) = tightest {
-        // Limit names are checked as header-safe when the config loads.
-        if let Ok(v) = t.ratelimit() {
-            parts.headers.insert(&RATELIMIT, v);
-        }
-        if let Ok(v) = t.policy() {
-            parts.headers.insert(&RATELIMIT_POLICY, v);
+        // Limit names are checked as header-safe when the config loads, so neither fails;
+        // if one did, the response goes out without it and the debug log says why.
+        match (t.ratelimit(), t.policy()) {
+            (Ok(r), Ok(p)) => {
+                parts.headers.insert(&RATELIMIT, r);
+                parts.headers.insert(&RATELIMIT_POLICY, p);
+            }
+            _ => {
+                tracing::debug!(limit = %t.name, "limit name cannot be quoted in RateLimit headers")
+            }
         }
     }
     Response::from_parts(parts, body)
