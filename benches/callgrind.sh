@@ -3,7 +3,7 @@
 # tenths of a percent even on a busy shared machine, so it is the figure to compare before
 # and after a change to the request path (CPU times swing ±25% here).
 #
-#   bash benches/callgrind.sh [MODE ...]     # modes: forward (default), quotas, route, newconn, redis
+#   bash benches/callgrind.sh [MODE ...]     # modes: forward (default), quotas, route, newconn, redis, tls, bare
 #
 #   forward  absolute-form request to a configured provider, no limits
 #   quotas   the same with three request limits (second, minute, day)
@@ -11,6 +11,8 @@
 #   newconn  as forward, but a new client connection per request (hey -disable-keepalive)
 #   redis    as quotas, with the Redis backend (REDIS_URL, default redis://127.0.0.1:6379,
 #            under a prefix of its own)
+#   bare     examples/bare_proxy.rs as `forward` is driven: the least a forward proxy on
+#            tokio + hyper 1 executes per request (the floor of quota-proxy's stack)
 #   tls      intercepted HTTPS keep-alive: CONNECT api.bench.test:443, TLS terminated with a
 #            leaf, re-originated to a TLS mock upstream on 127.0.0.1:443 (port 443 must be
 #            free; needs openssl)
@@ -41,8 +43,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-(cd "$ROOT" && cargo build --release --quiet --bin quota-proxy --example bench_upstream)
+(cd "$ROOT" && cargo build --release --quiet --bin quota-proxy --example bench_upstream \
+  --example bare_proxy)
 QP="$ROOT/target/release/quota-proxy"
+BARE="$ROOT/target/release/examples/bare_proxy"
 UP="$ROOT/target/release/examples/bench_upstream"
 
 start_upstream() { # OUT ARGS...: starts bench_upstream, leaves its address in OUT
@@ -124,18 +128,24 @@ EOF
 # Runs the proxy under callgrind, sends N requests, stops it; prints the instructions counted.
 count_ir() { # MODE N
   local mode=$1 n=$2 out="$WORK/cg.$1.$2" pid line addr url proxy=()
+  local cmd=("$QP" run -c "$WORK/$mode.toml") ready='listening proxy='
+  [[ $mode == bare ]] && cmd=("$BARE" --listen 127.0.0.1:0) ready='^listening '
   config "$mode" >"$WORK/$mode.toml"
   TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$out" \
-    "$QP" run -c "$WORK/$mode.toml" >"$out.stdout" 2>"$out.stderr" &
+    "${cmd[@]}" >"$out.stdout" 2>"$out.stderr" &
   pid=$!
   PIDS+=("$pid")
   for _ in $(seq 600); do
-    grep -q 'listening proxy=' "$out.stdout" 2>/dev/null && break
-    kill -0 "$pid" 2>/dev/null || { echo "quota-proxy exited: $(tail -5 "$out.stderr")" >&2; exit 1; }
+    grep -q "$ready" "$out.stdout" 2>/dev/null && break
+    kill -0 "$pid" 2>/dev/null || { echo "${cmd[0]} exited: $(tail -5 "$out.stderr")" >&2; exit 1; }
     sleep 0.1
   done
-  line=$(grep -m1 'listening proxy=' "$out.stdout") || { echo "quota-proxy did not start" >&2; exit 1; }
-  addr=$(sed -E 's/.*proxy=([^ ]+).*/\1/' <<<"$line")
+  line=$(grep -m1 "$ready" "$out.stdout") || { echo "${cmd[0]} did not start" >&2; exit 1; }
+  if [[ $mode == bare ]]; then
+    addr=$(awk '{print $2}' <<<"$line")
+  else
+    addr=$(sed -E 's/.*proxy=([^ ]+).*/\1/' <<<"$line")
+  fi
   if [[ $mode == route ]]; then
     url="http://$addr/bench/"
   elif [[ $mode == tls ]]; then

@@ -16,7 +16,9 @@
 # Targets: direct (load generator -> upstream), qp_forward (quota-proxy, absolute-form),
 # qp_route (quota-proxy route mode, origin-form /bench/...), qp_quotas (forward mode
 # through a second quota-proxy whose provider has three request limits that never bind),
-# nginx (reverse proxy with upstream keep-alive), squid (forward proxy, no cache, no logs),
+# hyper_bare (examples/bare_proxy.rs: the least a forward proxy on tokio + hyper 1 does, the
+# floor for quota-proxy's stack), nginx (reverse proxy with upstream keep-alive), squid
+# (forward proxy, no cache, no logs),
 # tinyproxy (forward proxy; it closes every client connection, so only in new_conn).
 #
 # Scenarios, each: warm-up of 2 s per target, then N rounds of A B C D E:
@@ -198,10 +200,12 @@ stop_system_services() {
 # ---------------------------------------------------------------------------------------
 QP_BIN="$ROOT/target/release/quota-proxy"
 UP_BIN="$ROOT/target/release/examples/bench_upstream"
+BARE_BIN="$ROOT/target/release/examples/bare_proxy"
 
 build() {
-  log "cargo build --release (quota-proxy, bench_upstream, criterion benches)"
+  log "cargo build --release (quota-proxy, bench_upstream, bare_proxy, criterion benches)"
   (cd "$ROOT" && cargo build --release --bin quota-proxy --example bench_upstream \
+    --example bare_proxy \
     && cargo bench --no-run --bench quota --bench hot_path) \
     >"$WORK/build.log" 2>&1 || die "build failed: $(grep -m5 -A5 '^error' "$WORK/build.log")"
   ensure_mitmdump
@@ -386,6 +390,17 @@ EOF
   log "squid         $SQ_ADDR (pid $SQ_PID, core 0)"
 }
 
+start_bare() {
+  local line
+  "${ON_CORE0[@]}" env TOKIO_WORKER_THREADS=1 "$BARE_BIN" --listen 127.0.0.1:0 \
+    >"$WORK/bare.out" 2>"$WORK/bare.out.err" &
+  BARE_PID=$!
+  STARTED_PIDS+=("$BARE_PID")
+  line=$(wait_line "$WORK/bare.out" '^listening ' bare_proxy "$BARE_PID")
+  BARE_ADDR=$(awk '{print $2}' <<<"$line")
+  log "hyper bare    $BARE_ADDR (pid $BARE_PID, core 0)"
+}
+
 start_tinyproxy() {
   local dir="$WORK/tinyproxy"
   mkdir -p "$dir"
@@ -487,7 +502,7 @@ probe_targets() {
 # ---------------------------------------------------------------------------------------
 # Targets: how each is addressed, and which processes' CPU counts
 # ---------------------------------------------------------------------------------------
-TARGETS=(direct qp_forward qp_route qp_quotas nginx squid tinyproxy)
+TARGETS=(direct qp_forward qp_route qp_quotas hyper_bare nginx squid tinyproxy)
 
 # tinyproxy closes the client connection after every request: new_conn only.
 scenario_targets() {
@@ -502,6 +517,7 @@ target_pids() {
     direct) ;;                            # no proxy: no CPU figure
     qp_forward|qp_route) echo "$QP_PID" ;;
     qp_quotas) echo "$QPQ_PID" ;;
+    hyper_bare) echo "$BARE_PID" ;;
     nginx) echo "$NGX_PID" $(child_pids "$NGX_PID") ;;
     squid) echo "$SQ_PID" $(child_pids "$SQ_PID") ;;
     tinyproxy) echo "$TP_PID" $(child_pids "$TP_PID") ;;
@@ -515,6 +531,7 @@ target_url() {
     qp_forward) echo "http://$UP_ADDR/ http://$QP_ADDR" ;;
     qp_route) echo "http://$QP_ADDR/bench/" ;;
     qp_quotas) echo "http://$UP_ADDR/ http://$QPQ_ADDR" ;;
+    hyper_bare) echo "http://$UP_ADDR/ http://$BARE_ADDR" ;;
     nginx) echo "http://$NGX_ADDR/" ;;
     squid) echo "http://$UP_ADDR/ http://$SQ_ADDR" ;;
     tinyproxy) echo "http://$UP_ADDR/ http://$TP_ADDR" ;;
@@ -760,11 +777,14 @@ main() {
   start_upstream
   start_quota_proxy off
   start_quota_proxy on
+  start_bare
   start_nginx
   start_squid
   start_tinyproxy
   local pid
-  for pid in "$QP_PID" "$QPQ_PID" "$NGX_PID" "$SQ_PID" "$TP_PID"; do pin_tree 0 "$pid"; done
+  for pid in "$QP_PID" "$QPQ_PID" "$BARE_PID" "$NGX_PID" "$SQ_PID" "$TP_PID"; do
+    pin_tree 0 "$pid"
+  done
   pin_tree 1 "$UP_PID"
   probe_targets
   log "quota-proxy threads at startup: $(qp_thread_names "$QP_PID") (quotas off)," \

@@ -20,12 +20,14 @@ import json
 import statistics
 import sys
 
-TARGETS = ["direct", "qp_forward", "qp_route", "qp_quotas", "nginx", "squid", "tinyproxy"]
+TARGETS = ["direct", "qp_forward", "qp_route", "qp_quotas", "hyper_bare", "nginx", "squid",
+           "tinyproxy"]
 LABELS = {
     "direct": "direct",
     "qp_forward": "qp forward",
     "qp_route": "qp route",
     "qp_quotas": "qp fwd+quota",
+    "hyper_bare": "hyper bare",
     "nginx": "nginx rev",
     "squid": "squid fwd",
     "tinyproxy": "tinyproxy",
@@ -55,6 +57,10 @@ def cpu_rows(scen, nginx_target, squid_target, quota_target):
         ("cpu/req quotas on vs off", scen, "cpu", "qp_quotas", "qp_forward",
          f"<= {quota_target}" if quota_target else "-", le(quota_target) if quota_target else None),
         ("cpu/req route vs forward", scen, "cpu", "qp_route", "qp_forward", "-", None),
+        # The floor of the stack (examples/bare_proxy.rs): what tokio + hyper alone cost
+        # beside nginx, and what quota-proxy adds to them.
+        ("cpu/req hyper bare vs nginx", scen, "cpu", "hyper_bare", "nginx", "-", None),
+        ("cpu/req forward vs hyper bare", scen, "cpu", "qp_forward", "hyper_bare", "-", None),
     ]
 
 
@@ -78,6 +84,7 @@ RATIOS = (
         ("added p50 forward (us)", "fixed_rate", "added50", "qp_forward", None, "<= 100 us", lambda v: v <= 100),
         ("added p50 route (us)", "fixed_rate", "added50", "qp_route", None, "<= 100 us", lambda v: v <= 100),
         ("added p50 fwd+quota (us)", "fixed_rate", "added50", "qp_quotas", None, "<= 100 us", lambda v: v <= 100),
+        ("added p50 hyper bare (us)", "fixed_rate", "added50", "hyper_bare", None, "-", None),
         ("added p50 nginx (us)", "fixed_rate", "added50", "nginx", None, "-", None),
         ("added p50 squid (us)", "fixed_rate", "added50", "squid", None, "-", None),
         ("added p99 forward vs nginx", "fixed_rate", "added99r", "qp_forward", "nginx", "<= 1.5", lambda v: v <= 1.5),
