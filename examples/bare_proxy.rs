@@ -35,6 +35,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
+/// The allocator quota-proxy uses, so the two differ in their code and not in malloc's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 type Body = http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error>;
 
 #[derive(Parser)]
@@ -66,9 +70,13 @@ async fn main() -> anyhow::Result<()> {
         let pool = pool.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| forward(req, pool.clone()));
-            let _ = hyper::server::conn::http1::Builder::new()
+            // A client that goes away mid-request is the usual end of a benchmark run.
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
-                .await;
+                .await
+            {
+                eprintln!("client connection: {e}");
+            }
         });
     }
 }
