@@ -4,7 +4,7 @@
 #
 #   bash benches/compare.sh            # full: every SPEC §13 row (~11-15 min)
 #   bash benches/compare.sh --quick    # smoke run: fewer, shorter rounds (~5 min)
-#   COMPARE_SECTIONS="plain tls sse redis memory criterion"   # default: all sections
+#   COMPARE_SECTIONS="plain tls sse redis memory criterion accuracy"   # default: all
 #
 # Needs root (apt-get, the TLS upstream on port 443, bench names in /etc/hosts, which are
 # removed again on exit) and 2 cores.
@@ -23,6 +23,11 @@
 #
 # Scenarios, each: warm-up of 2 s per target, then N rounds of A B C D E:
 #   keepalive   wrk, 50 keep-alive connections, saturation: requests/s, CPU/request
+#   equal_load  wrk, 50 keep-alive connections, every target paced at one rate: half the
+#               median saturation rate of quota-proxy with quotas on in keepalive (so
+#               nginx and the floor serve exactly the load quota-proxy does; SPEC §13's
+#               primary figure is CPU/request at equal load). Squid is left out: at its
+#               saturation, about that rate, it would no longer carry an equal load.
 #   fixed_rate  wrk paced at 2000 req/s (benches/compare/wrk.lua): p50/p99 over direct,
 #               CPU/request at equal load
 #   new_conn    hey -disable-keepalive at 1000 req/s: CPU/request with a TCP connection per
@@ -57,6 +62,7 @@ MAX_STEAL_PCT=2
 KEEPALIVE_CONNS=50
 FIXED_RATE=2000   # req/s, scenario fixed_rate
 FIXED_CONNS=20
+EQUAL_RATE_FALLBACK=20000 # req/s, scenario equal_load when keepalive measured no rate
 NEWCONN_RATE=1000 # req/s, scenario new_conn (hey -q is per worker: rate = workers x q)
 NEWCONN_WORKERS=10
 QUICK=false
@@ -69,6 +75,9 @@ SSE_GAP_MS=5
 REDIS_ROUNDS=3
 MEM_CONNS=10000
 CRIT_TIME=2       # criterion measurement seconds per bench
+ACC_LIMIT=100     # accuracy: a limit of ACC_LIMIT requests per ACC_WINDOW_S s, offered at
+ACC_WINDOW_S=1    # twice that for ACC_SECONDS s in each of its four scenarios
+ACC_SECONDS=8
 CRIT_FILTER=""    # criterion name filter (empty: every bench of both files)
 # Priority of the measurements (proxies, upstream, load generators). The machine is shared
 # with other builds that nothing keeps off core 0; a higher priority (lower nice) lets the
@@ -83,7 +92,7 @@ ON_CORE0=(nice -n "$NICE" taskset -c 0)
 ON_CORE1=(nice -n "$NICE" taskset -c 1)
 
 # COMPARE_SECTIONS picks sections (default: all), e.g. COMPARE_SECTIONS="tls sse".
-SECTIONS=${COMPARE_SECTIONS:-plain tls sse redis memory criterion}
+SECTIONS=${COMPARE_SECTIONS:-plain tls sse redis memory criterion accuracy}
 section() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 usage() { sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
@@ -93,7 +102,7 @@ for arg in "$@"; do
   case "$arg" in
     --quick)
       QUICK=true; ROUNDS=2; DURATION=2; WARMUP=1; TLS_ROUNDS=1; TLS_DURATION=2
-      TLS_NEW_HOSTS=3; SSE_ROUNDS=1; SSE_EVENTS=50; REDIS_ROUNDS=1; MEM_CONNS=${MEM_CONNS_QUICK:-2000}; CRIT_TIME=1
+      TLS_NEW_HOSTS=3; SSE_ROUNDS=1; SSE_EVENTS=50; REDIS_ROUNDS=1; MEM_CONNS=${MEM_CONNS_QUICK:-2000}; CRIT_TIME=1; ACC_SECONDS=4
       CRIT_FILTER='governor_keyed_check$|provider_handle_admit_settle_3_limits$|mint_server_config|rcgen_p256|cache_hit'
       ;;
     -h|--help) usage; exit 0 ;;
@@ -345,6 +354,12 @@ http {
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }
+        location /sse {             # the SSE peer: events passed on as they come
+            proxy_pass http://bench_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }
     }
 }
 EOF
@@ -508,6 +523,7 @@ TARGETS=(direct qp_forward qp_route qp_quotas hyper_bare nginx squid tinyproxy)
 scenario_targets() {
   case "$1" in
     new_conn) echo "${TARGETS[@]}" ;;
+    equal_load) local t=("${TARGETS[@]/tinyproxy/}"); echo "${t[@]/squid/}" ;;
     *) echo "${TARGETS[@]/tinyproxy/}" ;;
   esac
 }
@@ -595,6 +611,7 @@ load() { # SCENARIO TARGET DURATION_S
   case "$1" in
     keepalive) run_wrk "$2" "$3" "$KEEPALIVE_CONNS" 0 ;;
     fixed_rate) run_wrk "$2" "$3" "$FIXED_CONNS" "$FIXED_RATE" ;;
+    equal_load) run_wrk "$2" "$3" "$KEEPALIVE_CONNS" "$EQUAL_RATE" ;;
     new_conn) run_hey_newconn "$2" "$3" ;;
   esac
 }
@@ -667,6 +684,22 @@ measure() { # SCENARIO ROUND TARGET DURATION_S
   log "  $1 round $2 $3: $rps req/s, $result, proxy cpu ticks $cpu, run-queue wait ${wait_us} us"
 }
 
+# Half the median saturation rate of quota-proxy with quotas on in this run's keepalive
+# rounds (EQUAL_RATE_FALLBACK when there are none), rounded down to a thousand.
+equal_rate() {
+  python3 - "$SAMPLES" "$EQUAL_RATE_FALLBACK" <<'EOF'
+import json, statistics, sys
+rates = []
+for line in open(sys.argv[1]):
+    o = json.loads(line)
+    if o.get("kind") == "run" and o["scenario"] == "keepalive" and o["target"] == "qp_quotas" \
+            and o["duration_us"]:
+        rates.append(o["requests"] / (o["duration_us"] / 1e6))
+rate = statistics.median(rates) / 2 if rates else float(sys.argv[2])
+print(max(1000, int(rate // 1000 * 1000)))
+EOF
+}
+
 run_scenario() { # SCENARIO
   local scen=$1 t r s0 s1 steal targets
   read -r -a targets <<<"$(scenario_targets "$scen")"
@@ -703,7 +736,7 @@ write_meta() {
   [[ ${#NOTES[@]} -gt 0 ]] && notes=$(printf '%s\n' "${NOTES[@]}")
   M_DATE="$RUN_DATE" M_QUICK="$QUICK" M_ROUNDS="$ROUNDS" M_DURATION="$DURATION" \
   M_WARMUP="$WARMUP" M_MAX_STEAL="$MAX_STEAL_PCT" M_KA_CONNS="$KEEPALIVE_CONNS" \
-  M_FIXED_CONNS="$FIXED_CONNS" M_FIXED_RATE="$FIXED_RATE" M_NC_WORKERS="$NEWCONN_WORKERS" \
+  M_FIXED_CONNS="$FIXED_CONNS" M_FIXED_RATE="$FIXED_RATE" M_EQUAL_RATE="${EQUAL_RATE:-0}" M_NC_WORKERS="$NEWCONN_WORKERS" \
   M_NC_RATE="$NEWCONN_RATE" M_NICE="$NICE" M_QP_THREADS="$QP_THREADS" \
   M_QP_WORKERS="${QP_BUSY_WORKERS[*]}" \
   M_VERSIONS="$(versions_json)" M_NOTES="$notes" \
@@ -721,6 +754,8 @@ meta = {
         "keepalive": {"tool": "wrk -t1", "connections": int(e["M_KA_CONNS"]), "rate": "saturation"},
         "fixed_rate": {"tool": "wrk -t1, paced by benches/compare/wrk.lua",
                        "connections": int(e["M_FIXED_CONNS"]), "rate": int(e["M_FIXED_RATE"])},
+        "equal_load": {"tool": "wrk -t1, paced by benches/compare/wrk.lua",
+                       "connections": int(e["M_KA_CONNS"]), "rate": int(e["M_EQUAL_RATE"])},
         "new_conn": {"tool": "hey -disable-keepalive", "workers": int(e["M_NC_WORKERS"]),
                      "rate": int(e["M_NC_RATE"])},
     },
@@ -793,6 +828,9 @@ main() {
   : >"$SAMPLES"
   if section plain; then
     run_scenario keepalive
+    EQUAL_RATE=$(equal_rate)
+    log "equal load: every target paced at $EQUAL_RATE req/s"
+    run_scenario equal_load
     run_scenario fixed_rate
     run_scenario new_conn
     check_qp_workers
@@ -804,6 +842,7 @@ main() {
   if section redis; then run_redis; fi
   if section memory; then run_memory; fi
   if section criterion; then run_criterion; fi
+  if section accuracy; then run_accuracy; fi
 
   write_meta
   mkdir -p "$ROOT/benches/results"

@@ -14,6 +14,9 @@
 #              added p50 at a fixed rate vs one Redis round trip, saturation req/s
 #   memory     RSS idle and per idle keep-alive client connection (10,000 held)
 #   criterion  quota decision vs keyed governor; leaf certificate minting (cargo bench)
+#   accuracy   driven at twice a limit, one proxy and 2 replicas through Redis, reject and
+#              delay modes: overshoot at an upstream enforcing the same limit, share of the
+#              permitted throughput used, the upstream's 429s (benches/compare/accuracy.py)
 
 EXTRAS="$WORK/extras.jsonl"
 : >"$EXTRAS"
@@ -247,19 +250,26 @@ run_tls() {
 # SSE
 # ---------------------------------------------------------------------------------------
 run_sse() {
-  log "SSE: $SSE_ROUNDS rounds of $SSE_EVENTS events ${SSE_GAP_MS} ms apart, direct and through quota-proxy"
+  log "SSE: $SSE_ROUNDS rounds of $SSE_EVENTS events ${SSE_GAP_MS} ms apart, direct and through quota-proxy, the bare hyper proxy and nginx"
   local out
-  out=$("${ON_CORE1[@]}" python3 "$HELPERS/sse_latency.py" "$UP_ADDR" "$QP_ADDR" "$SSE_ROUNDS" \
-    "$SSE_EVENTS" "$SSE_GAP_MS") || die "sse_latency.py failed"
+  out=$("${ON_CORE1[@]}" python3 "$HELPERS/sse_latency.py" "$UP_ADDR" "$SSE_ROUNDS" \
+    "$SSE_EVENTS" "$SSE_GAP_MS" "qp=$QP_ADDR" "bare=$BARE_ADDR" "nginx=rev:$NGX_ADDR") \
+    || die "sse_latency.py failed"
   echo "$out" >"$WORK/sse.json"
-  local added lost gap
-  added=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["added_p50_us"])' <<<"$out")
-  lost=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["lost_events"])' <<<"$out")
-  gap=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["proxy_gap_median_ms"])' <<<"$out")
-  log "  SSE added p50 ${added} us, events lost $lost, median gap through the proxy ${gap} ms"
-  [[ $lost -eq 0 ]] || NOTES+=("SSE: $lost events were not received")
-  extra "SSE: added p50 delivery latency per event (us)" "$added" "" "" "us" "<= 150 us" \
-    "v <= 150" proxy "events lost $lost; median gap between events through the proxy ${gap} ms (sent ${SSE_GAP_MS} ms apart)"
+  local added lost gap nginx bare lost_peers
+  read -r added lost gap nginx bare lost_peers < <(python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+p = d["peers"]
+print(d["added_p50_us"], d["lost_events"], d["proxy_gap_median_ms"], p["nginx"]["added_p50_us"],
+      p["bare"]["added_p50_us"], p["nginx"]["lost_events"] + p["bare"]["lost_events"])
+' <<<"$out")
+  log "  SSE added p50 ${added} us (nginx ${nginx} us, bare hyper ${bare} us), events lost $lost, median gap through the proxy ${gap} ms"
+  [[ $lost -eq 0 ]] || NOTES+=("SSE: $lost events were not received through quota-proxy")
+  [[ $lost_peers -eq 0 ]] || NOTES+=("SSE: $lost_peers events were not received through the peers")
+  extra "SSE: added p50 delivery latency per event (us)" "$added" "$nginx" \
+    "nginx reverse proxy, proxy_buffering off" "us" "<= 150 us" "v <= 150" proxy \
+    "bare hyper proxy adds ${bare} us; events lost $lost; median gap between events through the proxy ${gap} ms (sent ${SSE_GAP_MS} ms apart)"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -424,6 +434,42 @@ run_memory() {
   extra "memory: per idle keep-alive client connection (KiB)" "$per" "" "" "KiB" "<= 16 KiB" \
     "v <= 16" proxy "RSS ${idle} KiB idle, ${held} KiB with $MEM_CONNS connections held after one request each"
   kill -TERM "$pid" 2>/dev/null || true
+}
+
+# ---------------------------------------------------------------------------------------
+# Accuracy
+# ---------------------------------------------------------------------------------------
+run_accuracy() {
+  log "accuracy: $ACC_LIMIT requests per ${ACC_WINDOW_S} s offered at twice that for ${ACC_SECONDS} s per scenario"
+  local out
+  out=$("${ON_CORE1[@]}" python3 "$HELPERS/accuracy.py" "$QP_BIN" --proxy-cpu 0 \
+    --limit "$ACC_LIMIT" --window-s "$ACC_WINDOW_S" --seconds "$ACC_SECONDS") \
+    || die "accuracy.py failed"
+  echo "$out" >"$WORK/accuracy.json"
+  # One line per scenario: scenario|overshoot|most in a window|used %|upstream 429s|whole windows|detail
+  local rows
+  rows=$(python3 - "$WORK/accuracy.json" <<'EOF'
+import json, sys
+for s in json.load(open(sys.argv[1]))["scenarios"]:
+    used = "" if s["used_share"] is None else "%.1f" % (100 * s["used_share"])
+    detail = "%d offered at %.0f/s: %d answered 200, %d refused by the proxy, %d by the " \
+        "upstream, %d failed; %d upstream arrivals" % (
+            s["offered"], s["offered_rate"], s["ok"], s["proxy_429"], s["upstream_429"],
+            s["other"], s["upstream_arrivals"])
+    print("|".join([s["scenario"], str(s["overshoot"]), str(s["max_in_window"]), used,
+                    str(s["upstream_refused"]), str(s["whole_windows"]), detail]))
+EOF
+) || die "cannot read accuracy.py's result"
+  local scen overshoot most used up429 windows detail
+  while IFS='|' read -r scen overshoot most used up429 windows detail; do
+    log "  $scen: most in a window $most (limit $ACC_LIMIT), used $used%, upstream 429s $up429; $detail"
+    extra "accuracy, $scen: overshoot (requests)" "$overshoot" "" "" \
+      "requests" "0" "v == 0" proxy "limit $ACC_LIMIT per ${ACC_WINDOW_S} s; most upstream arrivals in any ${ACC_WINDOW_S} s: $most; $detail"
+    extra "accuracy, $scen: throughput used (%)" "$used" "" "" "%" ">= 97%" "v >= 97" \
+      proxy "arrivals in the first $windows whole windows over $ACC_LIMIT per window"
+    extra "accuracy, $scen: upstream 429s" "$up429" "" "" \
+      "responses" "0" "v == 0" proxy "the config matches the upstream, which enforces the same limit on arrival times"
+  done <<<"$rows"
 }
 
 # ---------------------------------------------------------------------------------------

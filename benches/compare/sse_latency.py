@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """SSE delivery latency for benches/compare.sh: per-event time from the mock upstream's
 send (its `sent_us` stamp, wall clock) to this client's receipt, for a direct connection
-and through a forward proxy, interleaved.
+and through each proxy given, interleaved (direct, then each proxy, in every round).
 
-Usage: sse_latency.py UPSTREAM_ADDR PROXY_ADDR ROUNDS EVENTS GAP_MS
+Usage: sse_latency.py UPSTREAM_ADDR ROUNDS EVENTS GAP_MS NAME=ADDR [NAME=rev:ADDR ...]
 
-Prints one JSON object: per-round p50/p99 (µs) for direct and proxied, the gaps between
-received events (ms, median and max deviation from GAP_MS through the proxy), and events lost.
+NAME=ADDR is a forward proxy (absolute-form requests), NAME=rev:ADDR a reverse proxy of
+the upstream (origin-form). The first is the proxy under test: its figures are also given
+at the top level (added_p50_us, lost_events, proxy_gap_median_ms), the others' under
+"peers". Prints one JSON object: per round and target p50/p99 (µs), the gaps between
+received events (ms, median and max deviation from GAP_MS), and events lost.
 """
 
 import json
@@ -53,33 +56,52 @@ def pct(values, p):
 
 
 def main():
-    up, proxy, rounds, events, gap_ms = sys.argv[1:6]
+    up, rounds, events, gap_ms = sys.argv[1:5]
     rounds, events, gap_ms = int(rounds), int(events), int(gap_ms)
+    targets = []
+    for arg in sys.argv[5:]:
+        name, addr = arg.split("=", 1)
+        reverse = addr.startswith("rev:")
+        host, port = addr.removeprefix("rev:").rsplit(":", 1)
+        targets.append((name, (host, int(port)), reverse))
+    if not targets:
+        sys.exit("usage: sse_latency.py UPSTREAM_ADDR ROUNDS EVENTS GAP_MS NAME=[rev:]ADDR ...")
     uh, up_port = up.rsplit(":", 1)
-    ph, pp = proxy.rsplit(":", 1)
     path = f"/sse?events={events}&gap_ms={gap_ms}"
-    out = {"rounds": [], "events": events, "gap_ms": gap_ms}
+    per = {name: [] for name, _, _ in targets}
     for _ in range(rounds):
         d_lat, _ = stream((uh, int(up_port)), path, up, events, gap_ms)
-        p_lat, p_recv = stream((ph, int(pp)), f"http://{up}{path}", up, events, gap_ms)
-        gaps = [(b - a) / 1000 for a, b in zip(p_recv, p_recv[1:])]
-        out["rounds"].append({
-            "direct_p50_us": pct(d_lat, 50), "direct_p99_us": pct(d_lat, 99),
-            "proxy_p50_us": pct(p_lat, 50), "proxy_p99_us": pct(p_lat, 99),
-            "direct_events": len(d_lat), "proxy_events": len(p_lat),
-            "proxy_gap_median_ms": statistics.median(gaps) if gaps else None,
-            "proxy_gap_max_dev_ms": max((abs(g - gap_ms) for g in gaps), default=None),
-        })
-    r = out["rounds"]
+        for name, addr, reverse in targets:
+            p_lat, p_recv = stream(addr, path if reverse else f"http://{up}{path}", up, events,
+                                   gap_ms)
+            gaps = [(b - a) / 1000 for a, b in zip(p_recv, p_recv[1:])]
+            per[name].append({
+                "direct_p50_us": pct(d_lat, 50), "direct_p99_us": pct(d_lat, 99),
+                "proxy_p50_us": pct(p_lat, 50), "proxy_p99_us": pct(p_lat, 99),
+                "direct_events": len(d_lat), "proxy_events": len(p_lat),
+                "proxy_gap_median_ms": statistics.median(gaps) if gaps else None,
+                "proxy_gap_max_dev_ms": max((abs(g - gap_ms) for g in gaps), default=None),
+            })
+    summaries = {name: summary(r, events) for name, r in per.items()}
+    first = targets[0][0]
+    out = {"events": events, "gap_ms": gap_ms, "rounds": per[first], **summaries[first],
+           "peers": {name: summaries[name] for name, _, _ in targets[1:]}}
+    print(json.dumps(out))
+
+
+def summary(r, events):
+    """Medians over the rounds of one target."""
     added = [x["proxy_p50_us"] - x["direct_p50_us"] for x in r
              if x["proxy_p50_us"] is not None and x["direct_p50_us"] is not None]
-    out["added_p50_us"] = statistics.median(added) if added else None
-    out["direct_p50_us"] = statistics.median(x["direct_p50_us"] for x in r)
-    out["proxy_p50_us"] = statistics.median(x["proxy_p50_us"] for x in r)
-    out["lost_events"] = sum(2 * events - x["direct_events"] - x["proxy_events"] for x in r)
     gm = [x["proxy_gap_median_ms"] for x in r if x["proxy_gap_median_ms"] is not None]
-    out["proxy_gap_median_ms"] = statistics.median(gm) if gm else None
-    print(json.dumps(out))
+    return {
+        "added_p50_us": statistics.median(added) if added else None,
+        "added_p50_per_round_us": added,
+        "direct_p50_us": statistics.median(x["direct_p50_us"] for x in r),
+        "proxy_p50_us": statistics.median(x["proxy_p50_us"] for x in r),
+        "lost_events": sum(events - x["proxy_events"] for x in r),
+        "proxy_gap_median_ms": statistics.median(gm) if gm else None,
+    }
 
 
 if __name__ == "__main__":

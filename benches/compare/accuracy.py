@@ -1,0 +1,309 @@
+#!/usr/bin/env python3
+"""SPEC §13 accuracy for benches/compare.sh: quota-proxy driven at twice a limit, measured
+where it matters, at an upstream that enforces the same limit.
+
+Usage: accuracy.py QP_BIN [--proxy-cpu N] [--limit N] [--window-s S] [--seconds S]
+
+The upstream runs in this process: HTTP/1.1 keep-alive, every request head's arrival time
+recorded (time.monotonic), and the limit enforced as the config states it (never more than
+LIMIT arrivals in any interval of WINDOW seconds): a request past it gets the upstream's own
+429. The clients (threads with keep-alive connections, open loop: request i is sent at
+start + i / rate whatever the answers) offer 2 x LIMIT per WINDOW through quota-proxy for
+SECONDS. Scenarios:
+
+  1 proxy, reject       local (memory) backend, on_limit = reject
+  1 proxy, delay        local (memory) backend, on_limit = delay (max_delay 2 s)
+  2 replicas via Redis, reject   two proxies on one redis-server (started here on a free
+                                 port), requests alternating between them
+  2 replicas via Redis, delay
+
+For each: the most upstream arrivals in any WINDOW-long interval (overshoot = that minus
+LIMIT, the SPEC wants 0), the share of the permitted throughput used (arrivals in the whole
+windows from the first arrival, over LIMIT per window; SPEC >= 97%), the upstream's 429s
+(SPEC 0), the proxy's own 429s, other failures. Prints one JSON object.
+"""
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import queue
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Upstream:
+    """A keep-alive HTTP/1.1 server that records arrivals and enforces a rolling limit."""
+
+    def __init__(self, limit, window_s):
+        self.limit, self.window = limit, window_s
+        self.arrivals = []  # monotonic seconds of every request head
+        self.accepted = []  # of those answered 200 (within the limit)
+        self.refused = 0  # answered 429
+        self.lock = threading.Lock()
+        self.port = None
+        ready = threading.Event()
+        threading.Thread(target=self._run, args=(ready,), daemon=True).start()
+        if not ready.wait(10):
+            raise RuntimeError("the accuracy upstream did not start")
+
+    def reset(self):
+        with self.lock:
+            self.arrivals, self.accepted, self.refused = [], [], 0
+
+    def _decide(self):
+        now = time.monotonic()
+        with self.lock:
+            self.arrivals.append(now)
+            # Accepted arrivals in (now - window, now]: the ones the new one would join.
+            recent = 0
+            for t in reversed(self.accepted):
+                if t <= now - self.window:
+                    break
+                recent += 1
+            if recent >= self.limit:
+                self.refused += 1
+                return False
+            self.accepted.append(now)
+            return True
+
+    async def _serve(self, reader, writer):
+        try:
+            while True:
+                try:
+                    await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                if self._decide():
+                    body = b"ok"
+                    head = b"HTTP/1.1 200 OK\r\n"
+                else:
+                    body = b'{"error":{"message":"upstream rate limit"}}'
+                    head = b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\n"
+                writer.write(head + b"content-length: %d\r\n\r\n" % len(body) + body)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    def _run(self, ready):
+        async def main():
+            server = await asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=1024)
+            self.port = server.sockets[0].getsockname()[1]
+            ready.set()
+            await server.serve_forever()
+
+        asyncio.run(main())
+
+
+def start_proxy(qp_bin, conf_text, workdir, name, pin):
+    conf = os.path.join(workdir, f"{name}.toml")
+    with open(conf, "w") as f:
+        f.write(conf_text)
+    out = open(os.path.join(workdir, f"{name}.out"), "w+")
+    err = open(os.path.join(workdir, f"{name}.err"), "w")
+    cmd = ([] if pin is None else ["taskset", "-c", str(pin)]) + [qp_bin, "run", "-c", conf]
+    env = dict(os.environ, TOKIO_WORKER_THREADS="1")
+    proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        out.seek(0)
+        for line in out.read().splitlines():
+            if line.startswith("quota-proxy listening proxy="):
+                return proc, line.split("proxy=")[1].split()[0]
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    with open(err.name) as e:
+        raise RuntimeError(f"{name} did not start: {e.read()[-500:]}")
+
+
+def proxy_config(up_port, limit, window_s, action, redis_port):
+    state = ('backend = "redis"\nredis_url = "redis://127.0.0.1:%d"\nredis_prefix = "accuracy"\n'
+             % redis_port) if redis_port else 'backend = "memory"\n'
+    return f"""[proxy]
+listen = "127.0.0.1:0"
+allow_private_destinations = true
+
+[admin]
+listen = "127.0.0.1:0"
+
+[state]
+{state}
+[providers.acc]
+hosts = ["127.0.0.1:{up_port}"]
+upstream = "http://127.0.0.1:{up_port}"
+
+[providers.acc.retry]
+on = []
+
+[[providers.acc.limits]]
+name = "acc"
+unit = "requests"
+amount = {limit}
+window = "{int(window_s * 1000)}ms"
+
+[providers.acc.on_limit]
+action = "{action}"
+max_delay = "2s"
+max_queue = 10000
+"""
+
+
+def drive(proxies, up_port, rate, seconds):
+    """Open-loop load: request i at start + i / rate, on proxies[i % len]. Counts answers."""
+    n = int(rate * seconds)
+    jobs = queue.Queue()
+    counts = {"ok": 0, "proxy_429": 0, "upstream_429": 0, "other": 0}
+    late = [0.0]
+    lock = threading.Lock()
+    url = f"http://127.0.0.1:{up_port}/v1/accuracy"
+
+    def worker():
+        conns = {}
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            proxy = job
+            host, port = proxy.rsplit(":", 1)
+            kind = "other"
+            for _ in range(2):  # once more on a fresh connection if a kept one was closed
+                conn = conns.get(proxy) or http.client.HTTPConnection(host, int(port), timeout=10)
+                conns[proxy] = conn
+                try:
+                    conn.request("GET", url, headers={"Host": f"127.0.0.1:{up_port}"})
+                    resp = conn.getresponse()
+                    resp.read()
+                except (OSError, http.client.HTTPException):
+                    conn.close()
+                    conns.pop(proxy, None)
+                    continue
+                if resp.status == 200:
+                    kind = "ok"
+                elif resp.status == 429:
+                    by_proxy = resp.getheader("x-quota-proxy") == "rejected"
+                    kind = "proxy_429" if by_proxy else "upstream_429"
+                break
+            with lock:
+                counts[kind] += 1
+
+    # Delay mode holds up to 2 s of requests: enough threads that none waits for a thread.
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(int(rate * 3) + 16)]
+    for t in threads:
+        t.start()
+    start = time.monotonic()
+    for i in range(n):
+        due = start + i / rate
+        wait = due - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        else:
+            late[0] = max(late[0], -wait)
+        jobs.put(proxies[i % len(proxies)])
+    for _ in threads:
+        jobs.put(None)
+    for t in threads:
+        t.join(30)
+    counts["offered"] = n
+    counts["max_send_lag_ms"] = round(late[0] * 1000, 1)
+    return counts
+
+
+def judge(up, limit, window_s):
+    """The most arrivals in any window, and the share of the permitted throughput used."""
+    with up.lock:
+        arr = sorted(up.arrivals)
+    most, j = 0, 0
+    for i, t in enumerate(arr):
+        # arrivals in [t, t + window): the interval the SPEC bounds
+        while j < len(arr) and arr[j] < t + window_s:
+            j += 1
+        most = max(most, j - i)
+    if not arr:
+        return most, None, 0
+    whole = int((arr[-1] - arr[0]) // window_s)
+    if whole == 0:
+        return most, None, 0
+    end = arr[0] + whole * window_s
+    within = sum(1 for t in arr if t < end)
+    return most, within / (whole * limit), whole
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("qp_bin")
+    ap.add_argument("--proxy-cpu", type=int, default=None, help="pin the proxies to this core")
+    ap.add_argument("--limit", type=int, default=100)
+    ap.add_argument("--window-s", type=float, default=1.0)
+    ap.add_argument("--seconds", type=float, default=8.0)
+    args = ap.parse_args()
+
+    workdir = tempfile.mkdtemp(prefix="qp-accuracy.")
+    procs = []
+    try:
+        up = Upstream(args.limit, args.window_s)
+        redis_port = free_port()
+        redis = subprocess.Popen(
+            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", workdir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(redis)
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", redis_port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        rate = 2 * args.limit / args.window_s
+        results = []
+        for name, replicas, action in [
+            ("1 proxy, reject", 1, "reject"),
+            ("1 proxy, delay", 1, "delay"),
+            ("2 replicas via Redis, reject", 2, "reject"),
+            ("2 replicas via Redis, delay", 2, "delay"),
+        ]:
+            # A fresh prefix's worth of state: each scenario starts from an empty limit.
+            subprocess.run(["redis-cli", "-p", str(redis_port), "FLUSHALL"],
+                           stdout=subprocess.DEVNULL, check=True)
+            conf = proxy_config(up.port, args.limit, args.window_s, action,
+                                redis_port if replicas > 1 else None)
+            started = [start_proxy(args.qp_bin, conf, workdir, f"acc{len(procs)}-{i}",
+                                   args.proxy_cpu) for i in range(replicas)]
+            procs.extend(p for p, _ in started)
+            up.reset()
+            counts = drive([a for _, a in started], up.port, rate, args.seconds)
+            most, used, whole = judge(up, args.limit, args.window_s)
+            for p, _ in started:
+                p.terminate()
+                p.wait(10)
+            results.append({
+                "scenario": name, "limit": args.limit, "window_s": args.window_s,
+                "offered_rate": rate, **counts,
+                "upstream_arrivals": len(up.arrivals), "upstream_refused": up.refused,
+                "max_in_window": most, "overshoot": max(0, most - args.limit),
+                "used_share": used, "whole_windows": whole,
+            })
+        print(json.dumps({"scenarios": results}, indent=1))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
