@@ -51,6 +51,26 @@ async fn absolute_form_get_reaches_upstream_with_path_query_and_host() {
 }
 
 #[tokio::test]
+async fn a_host_spelled_otherwise_reaches_upstream_as_the_uri_authority() {
+    // The client's Host is passed on only when it is byte for byte what the upstream
+    // authority gives; any other spelling of the same origin is replaced by that.
+    let up = MockUpstream::plain(fixed(200, &[], "ok")).await;
+    let proxy = Proxy::start(&mock_config(&up).build());
+    let authority = format!("{MOCK_HOST}:{}", up.port());
+    let shouted = authority.to_ascii_uppercase();
+    let resp = forward(
+        proxy.proxy_addr,
+        "GET",
+        &mock_url(&up, "/v1/x"),
+        &[("host", &shouted)],
+        "",
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(up.single_request().header("host"), Some(authority.as_str()));
+}
+
+#[tokio::test]
 async fn post_body_is_forwarded_intact() {
     let up = MockUpstream::plain(echo()).await;
     let proxy = Proxy::start(&mock_config(&up).build());

@@ -34,6 +34,15 @@ impl HostPattern {
     pub fn exact_host(&self) -> Option<&str> {
         (!self.wildcard).then_some(self.host.as_str())
     }
+
+    /// The length of the pattern as written (its `Display`), without building it: how
+    /// specific a wildcard is when several match one request.
+    pub fn written_len(&self) -> usize {
+        let port = self
+            .port
+            .map_or(0, |p| 1 + itoa::Buffer::new().format(p).len());
+        usize::from(self.wildcard) + self.host.len() + port
+    }
 }
 
 impl FromStr for HostPattern {
@@ -178,6 +187,20 @@ mod tests {
         assert!(!port.matches("127.0.0.1", 443));
         for bad in ["", "*.", "a*.com", "exa mple.com", "x:notaport", "*"] {
             assert!(bad.parse::<HostPattern>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn written_len_is_the_displayed_length() {
+        for s in [
+            "api.openai.com",
+            "*.example.com",
+            "*.example.com:8443",
+            "127.0.0.1:9",
+            "[::1]:443",
+        ] {
+            let p: HostPattern = s.parse().unwrap();
+            assert_eq!(p.written_len(), p.to_string().len(), "{s}");
         }
     }
 

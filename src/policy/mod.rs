@@ -15,7 +15,7 @@ pub fn match_host<'a>(config: &'a Config, host: &str, port: u16) -> Option<&'a A
             if pattern.matches(host, port) {
                 let rank = match pattern.exact_host() {
                     Some(_) => usize::MAX,
-                    None => pattern.to_string().len(),
+                    None => pattern.written_len(),
                 };
                 if best.is_none_or(|(_, r)| rank > r) {
                     best = Some((p, rank));

@@ -129,13 +129,6 @@ pub async fn handle(
 
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(header::HOST);
-    if dest.provider.is_none() {
-        // The URI carries the pinned address; Host keeps the name the client asked for.
-        let host = HeaderValue::from_str(&original_authority)
-            .map_err(|_| ProxyError::BadRequest("invalid host".into()))?;
-        parts.headers.insert(header::HOST, host);
-    }
     // Unmatched: the URI carries the pinned address, so its authority is built again.
     let pinned;
     let authority: &str = if dest.provider.is_none() {
@@ -144,6 +137,20 @@ pub async fn handle(
     } else {
         &original_authority
     };
+    if dest.provider.is_none() {
+        // The URI carries the pinned address; Host keeps the name the client asked for.
+        let host = HeaderValue::from_str(&original_authority)
+            .map_err(|_| ProxyError::BadRequest("invalid host".into()))?;
+        parts.headers.insert(header::HOST, host);
+    } else {
+        // A provider's upstream gets the Host the upstream client sets from the upstream
+        // authority; a request already carrying exactly that (the usual absolute-form call)
+        // keeps it, sparing a removal and an insertion. (Only one Host is ever let through.)
+        let want = crate::upstream::host_header(authority, dest.https);
+        if parts.headers.get(header::HOST).map(HeaderValue::as_bytes) != Some(want.as_bytes()) {
+            parts.headers.remove(header::HOST);
+        }
+    }
     parts.uri = upstream_uri(&dest, authority, &parts.uri)?;
     // An h2 client's request may go upstream over h2 (when TLS negotiates it); anything
     // else over HTTP/1.1 (see `upstream::client`).

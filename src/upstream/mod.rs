@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use hyper_util::client::legacy::connect::HttpConnector;
 
-pub use client::{UpstreamClient, UpstreamError};
+pub use client::{host_header, UpstreamClient, UpstreamError};
 pub use resolver::{resolve, OverrideResolver};
 pub use tls::client_config;
 
