@@ -34,8 +34,10 @@
 #               request (fixed rate: hey itself saturates core 1 near 5k conn/s, and a
 #               slower rate keeps TIME_WAIT sockets in check)
 # Every benchmark process runs at nice -15 (COMPARE_NICE) to hold its core against other
-# builds on this shared machine. CPU/request is utime+stime of the proxy's processes
-# (/proc/PID/stat) over the run divided by the requests the load generator completed.
+# builds on this shared machine. CPU/request is the run time of the proxy's
+# threads (/proc/PID/task/TID/schedstat, in nanoseconds; threads that come and go during a
+# run in 10 ms clock ticks) over the run divided by the requests the load generator
+# completed; utime and stime (/proc/PID/stat, clock ticks) give the kernel's share.
 # Steal time is read from /proc/stat for each round; rounds above 2% are dropped. Ratios
 # are taken within a round, then the median over the kept rounds.
 #
@@ -640,17 +642,34 @@ proc_stat() {
   awk '$1 == "cpu" { t = 0; for (i = 2; i <= 9; i++) t += $i; print t, $9; exit }' /proc/stat
 }
 
-# Nanoseconds the PIDs' threads spent runnable but waiting for a CPU (second field of
-# /proc/PID/task/TID/schedstat): how much other processes on core 0 delayed the proxy.
-runq_wait_ns() {
-  local total=0 p t a b c
+# One line per thread of PIDS: "TID RUN_NS WAIT_NS TICKS", the nanoseconds it ran on a CPU
+# and spent runnable but waiting for one (/proc/PID/task/TID/schedstat: the scheduler's own
+# accounting), and its utime + stime in clock ticks.
+thread_times() {
+  local p t a b c stat rest f
   for p in "$@"; do
-    for t in /proc/"$p"/task/*/schedstat; do
-      read -r a b c <"$t" 2>/dev/null || continue
-      total=$((total + b))
+    for t in /proc/"$p"/task/*; do
+      read -r a b c <"$t/schedstat" 2>/dev/null || continue
+      stat=$(<"$t/stat") 2>/dev/null || continue
+      rest=${stat##*) }
+      read -r -a f <<<"$rest"
+      echo "${t##*/} $a $b $((f[11] + f[12]))"
     done
   done
-  echo "$total"
+}
+
+# The CPU time of a run, in µs, from two thread_times snapshots and the processes' tick
+# delta: threads alive at both ends count to the nanosecond; threads born or gone in between
+# (tinyproxy's per connection) only in whole ticks, as the process total holds them. Also
+# prints the run-queue wait of the threads alive at both ends, in µs.
+cpu_us_of() { # BEFORE AFTER PROCESS_TICKS_DELTA
+  awk -v ticks="$3" -v hz="$CLK_TCK" '
+    NR == FNR { run[$1] = $2; wait[$1] = $3; tk[$1] = $4; next }
+    ($1 in run) { ns += $2 - run[$1]; w += $3 - wait[$1]; t += $4 - tk[$1] }
+    END {
+      rest = ticks - t; if (rest < 0) rest = 0
+      printf "%d %d\n", ns / 1000 + rest * 1e6 / hz, w / 1000
+    }' "$1" "$2"
 }
 
 SAMPLES="$WORK/samples.jsonl"
@@ -661,27 +680,27 @@ source "$HELPERS/extra.sh"
 
 # Runs one target once and appends a sample (ROUND 0 = warm-up, not recorded).
 measure() { # SCENARIO ROUND TARGET DURATION_S
-  local pids c0 c1 s0 s1 w0 w1 result cpu="null" sys="null" wait_us="null"
+  local pids c0 c1 s0 s1 result cpu="null" sys="null" run_us="null" wait_us="null"
   read -r -a pids <<<"$(target_pids "$3")"
   read -r c0 s0 <<<"$(cpu_ticks "${pids[@]}")"
-  w0=$(runq_wait_ns "${pids[@]}")
+  thread_times "${pids[@]}" >"$WORK/threads.0"
   result=$(load "$1" "$3" "$4")
   read -r c1 s1 <<<"$(cpu_ticks "${pids[@]}")"
-  w1=$(runq_wait_ns "${pids[@]}")
+  thread_times "${pids[@]}" >"$WORK/threads.1"
   if [[ ${#pids[@]} -gt 0 ]]; then
     cpu=$((c1 - c0))
     sys=$((s1 - s0))
-    wait_us=$(((w1 - w0) / 1000))
+    read -r run_us wait_us <<<"$(cpu_us_of "$WORK/threads.0" "$WORK/threads.1" "$cpu")"
   fi
   [[ "$2" -eq 0 ]] && return
   # requests=1 duration_us=2 ... -> "requests": 1, "duration_us": 2, ...
   local fields
   fields=$(sed -E 's/([a-z0-9_]+)=/"\1": /g; s/ "/, "/g' <<<"$result")
-  printf '{"kind": "run", "scenario": "%s", "round": %d, "target": "%s", %s, "cpu_ticks": %s, "sys_ticks": %s, "clk_tck": %d, "runq_wait_us": %s}\n' \
-    "$1" "$2" "$3" "$fields" "$cpu" "$sys" "$CLK_TCK" "$wait_us" >>"$SAMPLES"
+  printf '{"kind": "run", "scenario": "%s", "round": %d, "target": "%s", %s, "cpu_ticks": %s, "sys_ticks": %s, "clk_tck": %d, "run_us": %s, "runq_wait_us": %s}\n' \
+    "$1" "$2" "$3" "$fields" "$cpu" "$sys" "$CLK_TCK" "$run_us" "$wait_us" >>"$SAMPLES"
   local rps
   rps=$(awk -v r="$result" 'BEGIN { split(r, a, /[ =]/); printf "%.0f", a[2] / (a[4] / 1e6) }')
-  log "  $1 round $2 $3: $rps req/s, $result, proxy cpu ticks $cpu, run-queue wait ${wait_us} us"
+  log "  $1 round $2 $3: $rps req/s, $result, proxy cpu ${run_us} us (ticks $cpu), run-queue wait ${wait_us} us"
 }
 
 # Half the median saturation rate of quota-proxy with quotas on in this run's keepalive

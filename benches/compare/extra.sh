@@ -62,12 +62,14 @@ median_of() { python3 -c 'import statistics,sys; v=[float(x) for x in sys.argv[1
 # CPU µs of PIDS while running a command (whose stdout is passed through).
 # Sets CPU_US.
 with_cpu() { # "PIDS" CMD...
-  local pids=($1) c0 c1 sys
+  local pids=($1) c0 c1 sys wait
   shift
   read -r c0 sys <<<"$(cpu_ticks "${pids[@]}")"
+  thread_times "${pids[@]}" >"$WORK/threads.0"
   "$@"
   read -r c1 sys <<<"$(cpu_ticks "${pids[@]}")"
-  CPU_US=$(((c1 - c0) * 1000000 / CLK_TCK))
+  thread_times "${pids[@]}" >"$WORK/threads.1"
+  read -r CPU_US wait <<<"$(cpu_us_of "$WORK/threads.0" "$WORK/threads.1" "$((c1 - c0))")"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -502,7 +504,10 @@ v = []
 for line in open(sys.argv[1]):
     o = json.loads(line)
     if o.get("kind") == "run" and o["scenario"] == "keepalive" and o["target"] == "qp_quotas" and o["requests"]:
-        v.append(o["cpu_ticks"] / o["clk_tck"] * 1e6 / o["requests"])
+        cpu_us = o.get("run_us")
+        if cpu_us is None:
+            cpu_us = o["cpu_ticks"] / o["clk_tck"] * 1e6
+        v.append(cpu_us / o["requests"])
 print(statistics.median(v) if v else "")
 EOF
 )

@@ -5,8 +5,10 @@ Usage: report.py SAMPLES.jsonl META.json OUT.json [EXTRAS.jsonl]
 
 SAMPLES.jsonl holds one object per line:
   {"kind": "run", "scenario", "round", "target", "requests", "duration_us", "p50_us",
-   "p99_us", "errors", "non2xx", "cpu_ticks", "sys_ticks", "clk_tck", "runq_wait_us"}
-  (cpu_ticks: utime + stime; sys_ticks: stime alone, the kernel's share)
+   "p99_us", "errors", "non2xx", "cpu_ticks", "sys_ticks", "clk_tck", "run_us",
+   "runq_wait_us"}
+  (run_us: the threads' run time from schedstat, the CPU figure; cpu_ticks: utime + stime;
+  sys_ticks: stime alone, whose share of cpu_ticks is the kernel's share)
   {"kind": "round", "scenario", "round", "steal_pct"}
 Rounds whose steal is above META["max_steal_pct"] are dropped (unless every round is, in
 which case all are kept and the report says so). Every ratio is computed within one round,
@@ -131,11 +133,15 @@ def derive(run):
         run["sys_us_per_req"] = None
         run["proxy_busy_pct"] = None
     else:
-        cpu_us = ticks * 1e6 / run["clk_tck"]
+        # The scheduler's run time (ns resolution) when recorded; clock ticks (10 ms) before.
+        cpu_us = run.get("run_us")
+        if cpu_us is None:
+            cpu_us = ticks * 1e6 / run["clk_tck"]
         run["cpu_us_per_req"] = cpu_us / run["requests"]
         sys = run.get("sys_ticks")
-        run["sys_us_per_req"] = (sys * 1e6 / run["clk_tck"] / run["requests"]
-                                 if sys is not None else None)
+        # The kernel's share of the ticks, applied to the precise figure.
+        run["sys_us_per_req"] = (cpu_us * sys / ticks / run["requests"]
+                                 if sys is not None and ticks else None)
         run["proxy_busy_pct"] = 100 * cpu_us / run["duration_us"] if run["duration_us"] else None
     # Core 0 is meant for the proxy alone, but the machine is shared: the time its threads
     # were runnable yet waited for the core says how much other processes delayed it.
