@@ -2,8 +2,8 @@
 # Performance comparison of quota-proxy against nginx, Squid, tinyproxy and mitmproxy on
 # every SPEC §13 row, following BENCHMARKING.md; results in docs/performance.md.
 #
-#   bash benches/compare.sh            # full: every SPEC §13 row (~11-15 min)
-#   bash benches/compare.sh --quick    # smoke run: fewer, shorter rounds (~5 min)
+#   bash benches/compare.sh            # full: every SPEC §13 row (~18 min)
+#   bash benches/compare.sh --quick    # smoke run: fewer, shorter rounds (~6 min)
 #   COMPARE_SECTIONS="plain tls sse redis memory criterion accuracy"   # default: all
 #
 # Needs root (apt-get, the TLS upstream on port 443, bench names in /etc/hosts, which are
@@ -43,9 +43,11 @@
 #
 # Then the other SPEC §13 rows (benches/compare/extra.sh): intercepted HTTPS (keep-alive
 # and a new connection per request, vs quota-proxy's own blind tunnel and mitmdump; the
-# first connection to a new host), SSE per-event latency, the Redis backend with 2
-# replicas, memory (idle, and per idle connection with 10,000 held), and the in-process
-# criterion figures (quota decision vs governor, leaf minting).
+# first connection to a new host), SSE per-event latency (vs nginx with proxy_buffering off
+# and the bare hyper proxy), the Redis backend with 2 replicas, memory (idle, and per idle
+# connection with 10,000 held), the in-process criterion figures (quota decision vs
+# governor, leaf minting), and accuracy (benches/compare/accuracy.py: one proxy and two
+# Redis replicas offered twice a limit, judged at an upstream enforcing the same limit).
 #
 # Output: a table on stdout and the same as JSON in benches/results/compare-<date>.json.
 # Installs nginx-light (or nginx), squid, tinyproxy, wrk, hey, redis and openssl with
