@@ -101,12 +101,22 @@ pub async fn handle(
         .provider
         .as_ref()
         .map_or("unmatched", |p| p.name.as_str());
-    // The request's own authority when it spells the destination as `authority()` would
-    // (the usual absolute-form call): nothing to build.
+    // The request's own authority when it spells the destination as `authority()` would:
+    // the URI's in the usual absolute-form call, the Host header's in an intercepted one
+    // (origin-form). Nothing to build then.
     let req_authority = req.uri().authority().cloned();
-    let original_authority: Cow<'_, str> = match &req_authority {
-        Some(a) if dest.spelled_by(a.as_str()) => Cow::Borrowed(a.as_str()),
-        _ => Cow::Owned(dest.authority()),
+    let req_host = match (&req_authority, &conn.intercepted) {
+        (None, Some(_)) => req.headers().get(header::HOST).cloned(),
+        _ => None,
+    };
+    let spelled = req_authority
+        .as_ref()
+        .map(|a| a.as_str())
+        .or_else(|| req_host.as_ref().and_then(|h| h.to_str().ok()))
+        .filter(|a| dest.spelled_by(a));
+    let original_authority: Cow<'_, str> = match spelled {
+        Some(a) => Cow::Borrowed(a),
+        None => Cow::Owned(dest.authority()),
     };
     if dest.provider.is_none() {
         if config.proxy.unmatched == Unmatched::Deny {
@@ -247,16 +257,7 @@ fn destination(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     if let Some(icpt) = &conn.intercepted {
-        for given in request_authorities(req)? {
-            let agrees = split_authority(&given, icpt.port)
-                .is_some_and(|(h, p)| h == icpt.host && p == icpt.port);
-            if !agrees {
-                return Err(ProxyError::Misdirected(format!(
-                    "request for {given} inside a tunnel to {}:{}",
-                    icpt.host, icpt.port
-                )));
-            }
-        }
+        check_tunnel_authorities(req, icpt)?;
         return Ok(Destination {
             https: icpt.tls,
             host: icpt.host.clone(),
@@ -341,21 +342,48 @@ fn refuse_clear_text_key(p: &Provider, dest: &Destination) -> Result<(), ProxyEr
     )))
 }
 
-/// Every authority the request names: the URI's (`:authority` in h2, an absolute-form
-/// target in HTTP/1.1) and the `Host` header's. Inside a tunnel all must name the tunnel's
-/// host (SPEC §12), so a `Host` disagreeing with `:authority` is refused too.
-fn request_authorities(req: &Request<Incoming>) -> Result<Vec<String>, ProxyError> {
-    let mut given = Vec::with_capacity(2);
-    if let Some(a) = req.uri().authority() {
-        given.push(a.as_str().to_string());
+/// Every authority the request names (the URI's — `:authority` in h2, an absolute-form
+/// target in HTTP/1.1 — and each `Host`) must name the tunnel's host and port (SPEC §12),
+/// so a `Host` disagreeing with `:authority` is refused too.
+fn check_tunnel_authorities(
+    req: &Request<Incoming>,
+    icpt: &super::Intercepted,
+) -> Result<(), ProxyError> {
+    let uri = req.uri().authority().map(|a| Ok(a.as_str()));
+    let hosts = req.headers().get_all(header::HOST).iter().map(|h| {
+        h.to_str()
+            .map_err(|_| ProxyError::BadRequest("the Host header is not valid".into()))
+    });
+    for given in uri.into_iter().chain(hosts) {
+        let given = given?;
+        if !names_tunnel(given, icpt) {
+            return Err(ProxyError::Misdirected(format!(
+                "request for {given} inside a tunnel to {}:{}",
+                icpt.host, icpt.port
+            )));
+        }
     }
-    for h in req.headers().get_all(header::HOST) {
-        let h = h
-            .to_str()
-            .map_err(|_| ProxyError::BadRequest("the Host header is not valid".into()))?;
-        given.push(h.to_string());
+    Ok(())
+}
+
+/// Whether `given` names the tunnel's host and port. The usual spellings, `host` (the
+/// tunnel's port implied) and `host:port`, are compared in place; any other (IPv6 brackets, a
+/// port with leading zeros) is parsed.
+fn names_tunnel(given: &str, icpt: &super::Intercepted) -> bool {
+    let host = icpt.host.as_str();
+    if !host.contains(':') {
+        if given.eq_ignore_ascii_case(host) {
+            return true;
+        }
+        let port = given
+            .get(..host.len())
+            .filter(|h| h.eq_ignore_ascii_case(host))
+            .and_then(|_| given[host.len()..].strip_prefix(':'));
+        if port.is_some_and(|p| p == itoa::Buffer::new().format(icpt.port)) {
+            return true;
+        }
     }
-    Ok(given)
+    split_authority(given, icpt.port).is_some_and(|(h, p)| h == icpt.host && p == icpt.port)
 }
 
 /// The URI to send upstream; the request's own when it already is exactly that (an
@@ -462,6 +490,42 @@ mod tests {
             port,
             path_and_query: PathAndQuery::from_static("/"),
             provider: None,
+        }
+    }
+
+    #[test]
+    fn an_authority_names_the_tunnel_only_with_its_host_and_port() {
+        let tunnel = |host: &str, port: u16| super::super::Intercepted {
+            host: host.into(),
+            port,
+            client: "anonymous".into(),
+            tls: true,
+        };
+        let cases = [
+            (tunnel("api.test", 443), "api.test", true),
+            (tunnel("api.test", 443), "API.Test", true),
+            (tunnel("api.test", 443), "api.test:443", true),
+            (tunnel("api.test", 8443), "api.test:8443", true),
+            (tunnel("api.test", 8443), "api.test", true),
+            (tunnel("api.test", 443), "api.test:0443", true),
+            (tunnel("api.test", 443), "api.test:444", false),
+            (tunnel("api.test", 443), "api.test.evil:443", false),
+            (tunnel("api.test", 443), "api.testx", false),
+            (tunnel("api.test", 443), "other.test", false),
+            (tunnel("api.test", 443), "user@api.test", false),
+            (tunnel("api.test", 443), "", false),
+            (tunnel("::1", 443), "[::1]:443", true),
+            (tunnel("::1", 443), "[::1]", true),
+            (tunnel("::1", 443), "[::2]:443", false),
+        ];
+        for (icpt, given, want) in cases {
+            assert_eq!(
+                names_tunnel(given, &icpt),
+                want,
+                "{given} in {}:{}",
+                icpt.host,
+                icpt.port
+            );
         }
     }
 
