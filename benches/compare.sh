@@ -451,12 +451,12 @@ pin_tree() { # CORE PID
   done
 }
 
-# quota-proxy reads TOKIO_WORKER_THREADS through tokio's default multi-thread runtime (run
-# without it, it starts one worker per core). Tokio gives its blocking-pool threads the
-# workers' name (tokio-rt-worker, or tokio-runtime-w[orker] in older releases), and the
+# quota-proxy reads TOKIO_WORKER_THREADS: with 1 it runs tokio's current-thread scheduler on
+# its main thread; with more, that many tokio workers. Tokio gives its blocking-pool threads
+# the workers' name (tokio-rt-worker, or tokio-runtime-w[orker] in older releases), and the
 # blocking pool may start a thread at any time (state saves use spawn_blocking), so a
-# thread count cannot prove there is one worker. What can: after the run, only one tokio
-# thread should have done any real work.
+# thread count cannot prove there is one worker. What can: after the run, only one thread
+# should have done any real work.
 qp_thread_names() { # PID
   cat /proc/"$1"/task/*/comm | sort | uniq -c \
     | awk '{ printf "%s%s x%s", sep, $2, $1; sep = ", " }'
@@ -481,17 +481,15 @@ check_qp_workers() {
     label="quota-proxy (quotas $([[ $pid == "$QP_PID" ]] && echo off || echo on))"
     ticks=$(qp_thread_ticks "$pid")
     total=$(awk '{ s += $2 } END { print s + 0 }' <<<"$ticks")
-    # A tokio thread with more than 2% of the process's CPU counts as a working runtime
-    # thread.
-    busy=$(awk -v t="$total" '$1 ~ /^tokio-(runtime-w|rt-worker)/ && $2 > 0.02 * t { n++ }
-      END { print n + 0 }' <<<"$ticks")
+    # A thread with more than 2% of the process's CPU counts as a working runtime thread.
+    busy=$(awk -v t="$total" '$2 > 0.02 * t { n++ } END { print n + 0 }' <<<"$ticks")
     QP_BUSY_WORKERS+=("$busy")
     QP_THREADS+="$label: $(qp_thread_names "$pid"), CPU ticks per thread: $(xargs <<<"$ticks"); "
     if [[ $busy -eq 1 ]]; then
       log "$label: one runtime thread did the work ($(xargs <<<"$ticks") ticks)"
     else
       log "WARNING: $label: $busy runtime threads did work ($(xargs <<<"$ticks") ticks)"
-      NOTES+=("$label: $busy tokio threads did work despite TOKIO_WORKER_THREADS=1")
+      NOTES+=("$label: $busy threads did work despite TOKIO_WORKER_THREADS=1")
     fi
   done
 }

@@ -1,13 +1,13 @@
 //! The floor for the comparison benchmark (`benches/compare.sh`): the least a forward proxy
 //! built on the crates quota-proxy is built on (tokio, hyper 1's HTTP/1.1 server and client
 //! connections, hyper-util) does per request, and nothing else: no configuration, no policy,
-//! no quota, no header rewriting, no metrics, no timeouts, no pool shared between client
-//! connections. Its CPU per request beside nginx's says what the hyper stack alone costs on
+//! no quota, no header rewriting, no metrics, no timeouts. It runs on one thread (tokio's
+//! current-thread scheduler, as quota-proxy does with one worker). Its CPU per request beside nginx's says what the hyper stack alone costs on
 //! the machine; quota-proxy's beside it, what quota-proxy adds.
 //!
 //! ```text
 //! cargo build --release --example bare_proxy
-//! TOKIO_WORKER_THREADS=1 target/release/examples/bare_proxy --listen 127.0.0.1:0
+//! target/release/examples/bare_proxy --listen 127.0.0.1:0
 //! curl -x http://ADDR http://127.0.0.1:9000/
 //! ```
 //!
@@ -55,7 +55,7 @@ struct Args {
 /// The upstream connections: authority and sender, newest last.
 type Pool = Arc<Mutex<Vec<(Authority, http1::SendRequest<Incoming>)>>>;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let listener = TcpListener::bind(args.listen)

@@ -187,12 +187,12 @@ pub struct Prepared {
 }
 
 /// Builds the runtime and restores the saved state (must run inside a tokio runtime).
-pub fn prepare(config: Config) -> Result<Prepared, AppError> {
+pub async fn prepare(config: Config) -> Result<Prepared, AppError> {
     let path = config.source.clone();
     let persistent = Arc::new(Persistent::new(Arc::new(crate::quota::FastClock::new())));
     let state_settings = config.state.clone();
     let clock = persistent.engine.clock().clone();
-    if let Some(backend) = state::open_shared(&state_settings, clock)? {
+    if let Some(backend) = state::open_shared(&state_settings, clock).await? {
         let sync = state::KeySync::start(backend.clone(), Arc::downgrade(&persistent));
         let _ = persistent.key_sync.set(sync);
         persistent.engine.set_backend(backend);

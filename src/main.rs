@@ -211,14 +211,38 @@ fn raise_nofile_limit() {
     }
 }
 
+/// Worker threads: `TOKIO_WORKER_THREADS` when set, else the cores this process may run on
+/// (its CPU affinity and cgroup quota). One worker runs tokio's current-thread scheduler:
+/// every task on the one thread that accepts, with no hand-over between threads.
+fn worker_threads() -> anyhow::Result<usize> {
+    match std::env::var("TOKIO_WORKER_THREADS") {
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => anyhow::bail!("TOKIO_WORKER_THREADS must be a whole number above 0, not {v:?}"),
+        },
+        Err(std::env::VarError::NotPresent) => {
+            Ok(std::thread::available_parallelism().map_or(1, |n| n.get()))
+        }
+        Err(std::env::VarError::NotUnicode(_)) => {
+            anyhow::bail!("TOKIO_WORKER_THREADS must be a whole number above 0")
+        }
+    }
+}
+
 fn run(path: PathBuf) -> anyhow::Result<()> {
     let cfg: Config = config::load(&path)?;
     raise_nofile_limit();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = match worker_threads()? {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+    };
     runtime.block_on(async move {
-        let prepared = quota_proxy::app::prepare(cfg.clone())?;
+        let prepared = quota_proxy::app::prepare(cfg.clone()).await?;
         let proxy = tokio::net::TcpListener::bind(cfg.proxy.listen)
             .await
             .with_context(|| format!("cannot listen on {} (proxy.listen)", cfg.proxy.listen))?;

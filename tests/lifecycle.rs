@@ -123,3 +123,106 @@ async fn drain_timeout_bounds_the_wait_for_a_stuck_request() {
         .expect("proxy exits once drain_timeout passes");
     assert!(status.code().is_some(), "exited by a signal: {status:?}");
 }
+
+/// A config whose state is never flushed during a test: a flush runs on tokio's blocking
+/// pool, whose threads would be counted with the workers.
+fn unflushed(cfg: String) -> String {
+    cfg.replace("[state]\n", "[state]\nflush_interval = \"1h\"\n")
+}
+
+/// The names of the proxy process's threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn one_worker_serves_every_connection_on_one_thread() {
+    let (h, gate) = gated(fixed(200, &[], "held"));
+    let up = MockUpstream::plain(by_path(vec![("/v1/held", h)], echo())).await;
+    let proxy = Proxy::start_with_env(
+        &unflushed(mock_config(&up).build()),
+        &[("TOKIO_WORKER_THREADS", "1")],
+    );
+    let addr = proxy.proxy_addr;
+
+    // A request held upstream does not stop the one thread serving others meanwhile.
+    let held_url = mock_url(&up, "/v1/held");
+    let held = tokio::spawn(async move { forward(addr, "GET", &held_url, &[], "").await });
+    eventually(
+        "the held request reaches the upstream",
+        Duration::from_secs(10),
+        || {
+            let arrived = up.requests().iter().any(|r| r.uri.path() == "/v1/held");
+            async move { arrived.then_some(()) }
+        },
+    )
+    .await;
+    let url = mock_url(&up, "/v1/echo");
+    let resps = concurrently(20, |i| {
+        let url = url.clone();
+        async move { forward(addr, "POST", &url, &[], format!("body {i}")).await }
+    })
+    .await;
+    for (i, r) in resps.iter().enumerate() {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.text().contains(&format!("body {i}")), "{}", r.text());
+    }
+    let (status, body) = admin_get(proxy.admin_addr, "/status").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!held.is_finished(), "the held request is still upstream");
+    gate.release();
+    let held = held.await.unwrap();
+    assert_eq!(held.status, 200);
+    assert_eq!(held.text(), "held");
+
+    let names = thread_names(proxy.pid);
+    assert_eq!(
+        names.len(),
+        1,
+        "one worker runs the proxy on one thread, not {names:?}"
+    );
+}
+
+#[tokio::test]
+async fn tokio_worker_threads_sets_the_number_of_workers() {
+    let up = MockUpstream::plain(echo()).await;
+    let proxy = Proxy::start_with_env(
+        &unflushed(mock_config(&up).build()),
+        &[("TOKIO_WORKER_THREADS", "3")],
+    );
+    let r = forward(proxy.proxy_addr, "GET", &mock_url(&up, "/v1/x"), &[], "").await;
+    assert_eq!(r.status, 200);
+    // Workers are named tokio-rt-worker (tokio-runtime-worker, cut to 15 bytes, before 1.44);
+    // the blocking pool's threads share the name, and nothing here uses it.
+    let names = thread_names(proxy.pid);
+    let workers = names.iter().filter(|n| n.starts_with("tokio-r")).count();
+    assert_eq!(workers, 3, "{names:?}");
+}
+
+#[test]
+fn a_worker_count_that_is_not_a_positive_number_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+    std::fs::write(dir.path().join("qp.toml"), cfg).unwrap();
+    for bad in ["0", "two", ""] {
+        let out = run_cli_with_env(
+            &["run", "-c", "qp.toml"],
+            dir.path(),
+            &[("TOKIO_WORKER_THREADS", bad)],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}: {stderr}");
+        assert!(
+            stderr.contains("TOKIO_WORKER_THREADS must be a whole number above 0"),
+            "{bad:?}: {stderr}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("listening"),
+            "never ready with {bad:?}"
+        );
+    }
+}

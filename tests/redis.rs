@@ -211,3 +211,25 @@ async fn every_key_has_a_ttl_and_the_providers_hash_tag() {
         assert!(ttl > 0, "{key} has no TTL ({ttl})");
     }
 }
+
+#[tokio::test]
+async fn a_one_worker_proxy_is_connected_to_redis_before_it_is_ready() {
+    let redis = RedisServer::start().await;
+    let up = MockUpstream::plain(fixed(200, &[], "ok")).await;
+    // deny: a request decided before the connection would be refused.
+    let cfg = rpm_config(&up, &redis, 5.0, "1m", "reject", "deny");
+    let proxy = Proxy::start_with_env(&patient(&cfg), &[("TOKIO_WORKER_THREADS", "1")]);
+    let r = forward(
+        proxy.proxy_addr,
+        "GET",
+        &mock_url(&up, "/v1/first"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(redis.rolling_sum(RPM_KEY).await, 1.0);
+    proxy
+        .wait_for_log("shared quota state in redis", WAIT)
+        .await;
+}

@@ -27,15 +27,16 @@ pub fn redis_options(settings: &StateSettings) -> Option<RedisOptions> {
 }
 
 /// Connects the shared backend when `settings` ask for Redis (a bounded wait; an
-/// unreachable Redis starts the proxy in fallback mode). Must run inside a tokio runtime.
-pub fn open_shared(
+/// unreachable Redis starts the proxy in fallback mode).
+pub async fn open_shared(
     settings: &StateSettings,
     clock: Arc<dyn Clock>,
 ) -> Result<Option<Arc<RedisBackend>>, StateError> {
     let Some(options) = redis_options(settings) else {
         return Ok(None);
     };
-    RedisBackend::connect_blocking(options, clock)
+    RedisBackend::connect(options, clock)
+        .await
         .map(Some)
         .map_err(|e| StateError::Redis(e.to_string()))
 }

@@ -117,21 +117,6 @@ impl RedisBackend {
         Ok(backend)
     }
 
-    /// [`RedisBackend::connect`] from synchronous code inside a tokio runtime: waits for
-    /// the first connection on a multi-thread runtime, else connects in the background.
-    pub fn connect_blocking(
-        options: RedisOptions,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Arc<Self>, BackendError> {
-        let handle = tokio::runtime::Handle::current();
-        if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
-            return tokio::task::block_in_place(|| handle.block_on(Self::connect(options, clock)));
-        }
-        let (backend, rx) = Self::build(options, clock)?;
-        tokio::spawn(super::worker::run(Arc::downgrade(&backend), rx));
-        Ok(backend)
-    }
-
     fn started_down(&self, e: &BackendError) {
         tracing::error!(
             "redis unreachable at start ({e}); deciding with on_backend_error = {:?} until it is back",
