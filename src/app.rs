@@ -159,8 +159,12 @@ fn restore_state(persistent: &Persistent, store: &dyn state::Store) -> Result<()
     Ok(())
 }
 
-/// Saves a snapshot (off the async threads); false when it failed.
+/// Saves a snapshot (off the async threads); false when it failed. A store that keeps
+/// nothing is not asked.
 async fn flush(persistent: &Persistent, store: &Arc<dyn state::Store>) -> bool {
+    if !store.persists() {
+        return true;
+    }
     let snapshot = state::capture(persistent, persistent.engine.clock().now());
     let store = store.clone();
     match tokio::task::spawn_blocking(move || store.save(&snapshot)).await {
@@ -251,7 +255,7 @@ pub async fn run(
             let _ = reloader.reload();
         }
     });
-    let flusher = {
+    let flusher = store.persists().then(|| {
         let (shared, store) = (shared.clone(), store.clone());
         tokio::spawn(async move {
             loop {
@@ -260,7 +264,7 @@ pub async fn run(
                 flush(&shared.persistent, &store).await;
             }
         })
-    };
+    });
 
     shutdown.await;
     let drain = shared.runtime.load().config.proxy.drain_timeout;
@@ -281,8 +285,10 @@ pub async fn run(
     if let Some(task) = upkeep {
         task.abort();
     }
-    flusher.abort();
-    let _ = flusher.await;
+    if let Some(flusher) = flusher {
+        flusher.abort();
+        let _ = flusher.await;
+    }
     if !flush(&shared.persistent, &store).await {
         tracing::error!(backend = %store.describe(), "the final state flush failed: usage since the last flush is lost");
     }

@@ -124,10 +124,11 @@ async fn drain_timeout_bounds_the_wait_for_a_stuck_request() {
     assert!(status.code().is_some(), "exited by a signal: {status:?}");
 }
 
-/// A config whose state is never flushed during a test: a flush runs on tokio's blocking
-/// pool, whose threads would be counted with the workers.
-fn unflushed(cfg: String) -> String {
-    cfg.replace("[state]\n", "[state]\nflush_interval = \"1h\"\n")
+/// The state flushed every 50 ms, were it kept: a flush runs on tokio's blocking pool, whose
+/// threads would be counted with the workers. The tests' state is in memory, which keeps
+/// nothing, so it is never flushed.
+fn flushed_often(cfg: String) -> String {
+    cfg.replace("[state]\n", "[state]\nflush_interval = \"50ms\"\n")
 }
 
 /// The names of the proxy process's threads.
@@ -144,7 +145,7 @@ async fn one_worker_serves_every_connection_on_one_thread() {
     let (h, gate) = gated(fixed(200, &[], "held"));
     let up = MockUpstream::plain(by_path(vec![("/v1/held", h)], echo())).await;
     let proxy = Proxy::start_with_env(
-        &unflushed(mock_config(&up).build()),
+        &flushed_often(mock_config(&up).build()),
         &[("TOKIO_WORKER_THREADS", "1")],
     );
     let addr = proxy.proxy_addr;
@@ -179,6 +180,9 @@ async fn one_worker_serves_every_connection_on_one_thread() {
     assert_eq!(held.status, 200);
     assert_eq!(held.text(), "held");
 
+    // Past several flush intervals: a memory store is never flushed, so no blocking thread
+    // was started for it either.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let names = thread_names(proxy.pid);
     assert_eq!(
         names.len(),
@@ -191,13 +195,14 @@ async fn one_worker_serves_every_connection_on_one_thread() {
 async fn tokio_worker_threads_sets_the_number_of_workers() {
     let up = MockUpstream::plain(echo()).await;
     let proxy = Proxy::start_with_env(
-        &unflushed(mock_config(&up).build()),
+        &flushed_often(mock_config(&up).build()),
         &[("TOKIO_WORKER_THREADS", "3")],
     );
     let r = forward(proxy.proxy_addr, "GET", &mock_url(&up, "/v1/x"), &[], "").await;
     assert_eq!(r.status, 200);
     // Workers are named tokio-rt-worker (tokio-runtime-worker, cut to 15 bytes, before 1.44);
-    // the blocking pool's threads share the name, and nothing here uses it.
+    // the blocking pool's threads share the name, and nothing here uses it (the state is in
+    // memory and never flushed).
     let names = thread_names(proxy.pid);
     let workers = names.iter().filter(|n| n.starts_with("tokio-r")).count();
     assert_eq!(workers, 3, "{names:?}");

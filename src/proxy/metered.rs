@@ -121,15 +121,17 @@ pub async fn send(
         let request = build_request(p, &head, headers, req_body, key_idx)?;
         let mut permit = admitted.permit;
         permit.mark_sent();
-        let started = tokio::time::Instant::now();
+        // The engine's clock times the call too: the read after the answer serves both.
+        let started = call.engine.clock().now();
         let sent = tokio::time::timeout(
             call.config.proxy.upstream_timeout,
             call.client.request(request),
         )
         .await;
+        let now = call.engine.clock().now();
         p.metrics
             .upstream_duration()
-            .record(started.elapsed().as_secs_f64());
+            .record(now.saturating_sub(started) as f64 / 1e6);
         let resp = match sent {
             Ok(Ok(resp)) => resp,
             failed => {
@@ -162,7 +164,6 @@ pub async fn send(
                 });
             }
         };
-        let now = call.engine.clock().now();
         let status = resp.status().as_u16();
         let mut sig = signals::from_headers(&p.families, &p.custom, status, resp.headers(), now);
         let resp = if status >= 400 {

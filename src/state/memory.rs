@@ -17,6 +17,10 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn persists(&self) -> bool {
+        false
+    }
+
     fn describe(&self) -> String {
         "memory (nothing survives a restart)".to_string()
     }

@@ -50,6 +50,12 @@ pub trait Store: Send + Sync {
     /// Saves `snapshot` in place of the previous one, atomically.
     fn save(&self, snapshot: &Snapshot) -> Result<(), StateError>;
 
+    /// Whether a save keeps anything. A store that keeps nothing is never flushed, so no
+    /// snapshot is taken and no blocking thread is started for it.
+    fn persists(&self) -> bool {
+        true
+    }
+
     /// The backend in words, for logs (`"local file state/state.json"`).
     fn describe(&self) -> String {
         std::any::type_name::<Self>().to_string()
