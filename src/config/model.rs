@@ -155,9 +155,9 @@ pub struct KeyPool {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inject {
-    /// Header name (lower case) and a format containing `{key}`.
+    /// Header name and a format containing `{key}`.
     Header {
-        name: String,
+        name: http::HeaderName,
         format: String,
     },
     Query {

@@ -444,14 +444,14 @@ fn key_pool(
             .map_err(|m| loc.at(None, format!("providers.{provider}.keys.inject: {m}")))?,
         None => match preset.map(|p| p.inject) {
             Some(PresetInject::Header(name, format)) => Inject::Header {
-                name: name.into(),
+                name: http::HeaderName::from_static(name),
                 format: format.into(),
             },
             Some(PresetInject::Query(param)) => Inject::Query {
                 param: param.into(),
             },
             None => Inject::Header {
-                name: "authorization".into(),
+                name: http::header::AUTHORIZATION,
                 format: "Bearer {key}".into(),
             },
         },
@@ -518,8 +518,8 @@ fn inject(raw: &raw::RawInject) -> std::result::Result<Inject, String> {
             if !format.contains("{key}") {
                 return Err(format!("format {format:?} must contain {{key}}"));
             }
-            http::HeaderName::from_str(&h.0).map_err(|_| format!("{:?} is not a header name", h.0))?;
-            Ok(Inject::Header { name: h.0.to_ascii_lowercase(), format })
+            let name = http::HeaderName::from_str(&h.0).map_err(|_| format!("{:?} is not a header name", h.0))?;
+            Ok(Inject::Header { name, format })
         }
         (None, Some(q), None) if raw.format.is_none() => Ok(Inject::Query { param: q.0.clone() }),
         (None, None, Some(j)) if raw.format.is_none() => Ok(Inject::JsonField { field: j.0.clone() }),

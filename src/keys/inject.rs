@@ -2,7 +2,7 @@
 //! the provider expects it (header with format, query parameter, or JSON body field). With no
 //! pool, the app's credential is read only to scope `key` limits by its hash.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderValue};
 
 use crate::config::Inject;
 
@@ -38,9 +38,7 @@ pub fn into_headers(
         let mut value = HeaderValue::from_str(&format.replace("{key}", secret))
             .map_err(|_| InjectError::BadHeaderValue)?;
         value.set_sensitive(true);
-        let name =
-            HeaderName::from_bytes(name.as_bytes()).map_err(|_| InjectError::BadHeaderValue)?;
-        headers.insert(name, value);
+        headers.insert(name.clone(), value);
     }
     Ok(())
 }
@@ -87,7 +85,7 @@ pub fn with_json_key(body: &[u8], field: &str, secret: &str) -> Result<Vec<u8>, 
 pub fn app_credential(headers: &HeaderMap, query: Option<&str>, inject: &Inject) -> Option<String> {
     match inject {
         Inject::Header { name, format } => {
-            let raw = headers.get(name.as_str())?.to_str().ok()?;
+            let raw = headers.get(name)?.to_str().ok()?;
             let (prefix, suffix) = format.split_once("{key}").unwrap_or(("", ""));
             let key = raw.strip_prefix(prefix).unwrap_or(raw);
             let key = key.strip_suffix(suffix).unwrap_or(key);
@@ -126,6 +124,7 @@ fn percent_encode(s: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HeaderName;
 
     #[test]
     fn header_injection_replaces_app_credentials() {
@@ -134,7 +133,7 @@ mod tests {
         h.insert("x-api-key", HeaderValue::from_static("app-key-2"));
         h.insert("content-type", HeaderValue::from_static("application/json"));
         let inject = Inject::Header {
-            name: "authorization".into(),
+            name: HeaderName::from_static("authorization"),
             format: "Bearer {key}".into(),
         };
         into_headers(&mut h, &inject, "sk-pool").unwrap();
@@ -178,7 +177,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("authorization", HeaderValue::from_static("Bearer sk-app"));
         let inject = Inject::Header {
-            name: "authorization".into(),
+            name: HeaderName::from_static("authorization"),
             format: "Bearer {key}".into(),
         };
         assert_eq!(app_credential(&h, None, &inject).as_deref(), Some("sk-app"));

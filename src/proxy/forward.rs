@@ -161,7 +161,9 @@ pub async fn handle(
             parts.headers.remove(header::HOST);
         }
     }
-    parts.uri = upstream_uri(&dest, authority, &parts.uri)?;
+    if let Some(uri) = upstream_uri(&dest, authority, &parts.uri)? {
+        parts.uri = uri;
+    }
     // An h2 client's request may go upstream over h2 (when TLS negotiates it); anything
     // else over HTTP/1.1 (see `upstream::client`).
     if parts.version != http::Version::HTTP_2 {
@@ -386,9 +388,13 @@ fn names_tunnel(given: &str, icpt: &super::Intercepted) -> bool {
     split_authority(given, icpt.port).is_some_and(|(h, p)| h == icpt.host && p == icpt.port)
 }
 
-/// The URI to send upstream; the request's own when it already is exactly that (an
-/// absolute-form request to a normalised authority), without re-parsing it.
-fn upstream_uri(dest: &Destination, authority: &str, request_uri: &Uri) -> Result<Uri, ProxyError> {
+/// The URI to send upstream; `None` when the request's own already is exactly that (an
+/// absolute-form request to a normalised authority), which is then kept as it is.
+fn upstream_uri(
+    dest: &Destination,
+    authority: &str,
+    request_uri: &Uri,
+) -> Result<Option<Uri>, ProxyError> {
     let bad = |_| ProxyError::BadRequest("the request URI cannot be forwarded".into());
     let scheme = if dest.https {
         Scheme::HTTPS
@@ -403,7 +409,7 @@ fn upstream_uri(dest: &Destination, authority: &str, request_uri: &Uri) -> Resul
             .path_and_query()
             .is_some_and(|pq| *pq == dest.path_and_query)
     {
-        return Ok(request_uri.clone());
+        return Ok(None);
     }
     let authority = Authority::try_from(authority).map_err(bad)?;
     let pq = dest.path_and_query.clone();
@@ -412,6 +418,7 @@ fn upstream_uri(dest: &Destination, authority: &str, request_uri: &Uri) -> Resul
         .authority(authority)
         .path_and_query(pq)
         .build()
+        .map(Some)
         .map_err(|_| ProxyError::BadRequest("the request URI cannot be forwarded".into()))
 }
 

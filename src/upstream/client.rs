@@ -184,7 +184,8 @@ impl UpstreamClient {
         &self,
         mut req: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let uri = req.uri().clone();
+        // Taken out of the request: HTTP/1.1 sends the origin form, HTTP/2 puts it back.
+        let uri = std::mem::take(req.uri_mut());
         let key = PoolKey::of(&uri, req.version()).ok_or(UpstreamError::NoAuthority)?;
         let mut attempt = 0;
         loop {
@@ -210,15 +211,15 @@ impl UpstreamClient {
                     self.put_back(&key, Sender::H1(s), now);
                     response.await
                 }
-                Sender::H2(mut s) => s.try_send_request(req).await,
+                Sender::H2(mut s) => {
+                    *req.uri_mut() = uri.clone();
+                    s.try_send_request(req).await
+                }
             };
             match sent {
                 Ok(resp) => return Ok(resp),
                 Err(mut e) => match e.take_message() {
-                    Some(unsent) if attempt < SEND_ATTEMPTS => {
-                        req = unsent;
-                        *req.uri_mut() = uri.clone();
-                    }
+                    Some(unsent) if attempt < SEND_ATTEMPTS => req = unsent,
                     _ => return Err(UpstreamError::Http(e.into_error())),
                 },
             }
