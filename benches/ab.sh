@@ -2,10 +2,12 @@
 # A/B of two quota-proxy binaries on the CPU they spend per request, in interleaved rounds
 # (A B, B A, ...), for a code change too small to show across two comparison runs.
 #
-#   bash benches/ab.sh OLD_BINARY NEW_BINARY [ROUNDS] [newconn|keepalive]
+#   bash benches/ab.sh OLD_BINARY NEW_BINARY [ROUNDS] [newconn|keepalive|paced]
 #
 #   newconn    hey -disable-keepalive, 10 workers at 1000 requests/s in all (default)
 #   keepalive  wrk, 50 keep-alive connections, saturation
+#   paced      wrk, 50 keep-alive connections paced at AB_RATE requests/s (default 40000;
+#              the comparison's equal load is half quota-proxy's saturation rate)
 #
 # Both proxies serve a provider without limits in front of examples/bench_upstream.rs
 # (built in release mode first), pinned to core 0 with one worker; the load and the upstream
@@ -15,11 +17,13 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-OLD=${1:?usage: ab.sh OLD_BINARY NEW_BINARY [ROUNDS] [newconn|keepalive]}
-NEW=${2:?usage: ab.sh OLD_BINARY NEW_BINARY [ROUNDS] [newconn|keepalive]}
+OLD=${1:?usage: ab.sh OLD_BINARY NEW_BINARY [ROUNDS] [newconn|keepalive|paced]}
+NEW=${2:?usage: ab.sh OLD_BINARY NEW_BINARY [ROUNDS] [newconn|keepalive|paced]}
 ROUNDS=${3:-8}
 MODE=${4:-newconn}
-[[ $MODE == newconn || $MODE == keepalive ]] || { echo "ab.sh: mode is newconn or keepalive" >&2; exit 2; }
+[[ $MODE == newconn || $MODE == keepalive || $MODE == paced ]] || { echo "ab.sh: mode is newconn, keepalive or paced" >&2; exit 2; }
+RATE=0
+[[ $MODE == paced ]] && RATE=${AB_RATE:-40000}
 for tool in hey wrk taskset; do
   command -v "$tool" >/dev/null || { echo "ab.sh: needs $tool" >&2; exit 1; }
 done
@@ -89,7 +93,7 @@ load() { # PROXY_ADDR -> requests served
     taskset -c 1 hey -z 4s -c 10 -q 100 -disable-keepalive -x "http://$1" "http://$UP/" >"$WORK/load.out"
     awk '/\[200\]/ {print $2}' "$WORK/load.out"
   else
-    WRK_PROXY_URL="http://$UP/" taskset -c 1 wrk -t1 -c50 -d4s \
+    WRK_PROXY_URL="http://$UP/" WRK_RATE=$RATE taskset -c 1 wrk -t1 -c50 -d4s \
       -s "$ROOT/benches/compare/wrk.lua" "http://$1/" >"$WORK/load.out" 2>&1
     sed -nE 's/^RESULT requests=([0-9]+).*/\1/p' "$WORK/load.out"
   fi

@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use support::*;
 
 /// Parses a raw response text into a [`Resp`] (HTTP/1.1 with Content-Length).
@@ -140,6 +142,37 @@ async fn upstream_slower_than_upstream_timeout_is_504() {
     // The proxy still serves afterwards.
     let resp = forward(proxy.proxy_addr, "GET", &mock_url(&up, "/v1/fast"), &[], "").await;
     assert_eq!(resp.status, 200);
+}
+
+#[tokio::test]
+async fn upstream_timeout_holds_for_each_request_of_a_kept_alive_connection() {
+    let (gated_h, gate) = gated(fixed(200, &[], "late"));
+    let routes = vec![("/v1/hang", hang()), ("/v1/gated", gated_h)];
+    let up = MockUpstream::plain(by_path(routes, echo())).await;
+    let proxy = Proxy::start(&mock_config(&up).proxy("upstream_timeout", "\"1s\"").build());
+    let mut conn = open_h1(proxy.proxy_addr).await.unwrap();
+    let send = |path: &str| build_request("GET", &mock_url(&up, path), &[], "");
+
+    // A quick answer, then one that never comes, then one that comes inside the limit
+    // although the connection's earlier requests started more than a second before it ends.
+    let first = send_on(&mut conn, send("/v1/fast")).await.unwrap();
+    assert_eq!(first.status, 200);
+    let started = tokio::time::Instant::now();
+    let cut = send_on(&mut conn, send("/v1/hang")).await.unwrap();
+    assert_proxy_error(&cut, 504, "error");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "cut off after the 1 s limit, not {waited:?}"
+    );
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        gate.release();
+    };
+    let (late, ()) = tokio::join!(send_on(&mut conn, send("/v1/gated")), release);
+    let late = late.unwrap();
+    assert_eq!(late.status, 200, "{}", late.text());
+    assert_eq!(late.text(), "late");
 }
 
 #[tokio::test]

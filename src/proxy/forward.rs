@@ -180,6 +180,7 @@ pub async fn handle(
             client: &runtime.client,
             config,
             hints: &hints,
+            timer: &conn.upstream_timer,
         };
         return super::metered::send(call, parts, body).await;
     }
@@ -187,28 +188,30 @@ pub async fn handle(
         Request::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed());
 
     let started = Instant::now();
-    let sent = tokio::time::timeout(
-        config.proxy.upstream_timeout,
-        runtime.client.request(upstream_req),
-    )
-    .await;
+    let sent = conn
+        .upstream_timer
+        .timeout(
+            config.proxy.upstream_timeout,
+            runtime.client.request(upstream_req),
+        )
+        .await;
     let elapsed = started.elapsed();
     crate::telemetry::handles::upstream_duration(label).record(elapsed.as_secs_f64());
     let resp = match sent {
-        Err(_) => {
+        None => {
             count(label, "upstream_error");
             return Err(ProxyError::GatewayTimeout(crate::config::format_duration(
                 config.proxy.upstream_timeout,
             )));
         }
-        Ok(Err(e)) => {
+        Some(Err(e)) => {
             count(label, "upstream_error");
             return Err(ProxyError::BadGateway(describe_client_error(
                 &original_authority,
                 &e,
             )));
         }
-        Ok(Ok(resp)) => resp,
+        Some(Ok(resp)) => resp,
     };
     let outcome = match (dest.provider.is_some(), resp.status().as_u16()) {
         (false, _) => "tunneled",

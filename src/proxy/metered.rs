@@ -33,6 +33,8 @@ pub struct Call<'a> {
     pub client: &'a UpstreamClient,
     pub config: &'a Config,
     pub hints: &'a CallerHints,
+    /// The client connection's upstream timer.
+    pub timer: &'a super::deadline::TimerSlot,
 }
 
 /// What the request looks like apart from its body (Parts is not Clone).
@@ -123,17 +125,19 @@ pub async fn send(
         permit.mark_sent();
         // The engine's clock times the call too: the read after the answer serves both.
         let started = call.engine.clock().now();
-        let sent = tokio::time::timeout(
-            call.config.proxy.upstream_timeout,
-            call.client.request(request),
-        )
-        .await;
+        let sent = call
+            .timer
+            .timeout(
+                call.config.proxy.upstream_timeout,
+                call.client.request(request),
+            )
+            .await;
         let now = call.engine.clock().now();
         p.metrics
             .upstream_duration()
             .record(now.saturating_sub(started) as f64 / 1e6);
         let resp = match sent {
-            Ok(Ok(resp)) => resp,
+            Some(Ok(resp)) => resp,
             failed => {
                 end_key(p, key_idx);
                 p.metrics.count("upstream_error");
@@ -149,10 +153,10 @@ pub async fn send(
                 // Never reached an answer: the estimate stays charged only if bytes may have
                 // reached the upstream; a connect failure costs nothing.
                 return Err(match failed {
-                    Err(_) => ProxyError::GatewayTimeout(crate::config::format_duration(
+                    None => ProxyError::GatewayTimeout(crate::config::format_duration(
                         call.config.proxy.upstream_timeout,
                     )),
-                    Ok(Err(e)) => {
+                    Some(Err(e)) => {
                         if e.is_connect() {
                             permit.cancel();
                         }
@@ -160,7 +164,7 @@ pub async fn send(
                         let authority = head.uri.authority().map_or("upstream", |a| a.as_str());
                         ProxyError::BadGateway(super::forward::describe_client_error(authority, &e))
                     }
-                    Ok(Ok(_)) => ProxyError::BadGateway("unreachable".into()),
+                    Some(Ok(_)) => ProxyError::BadGateway("unreachable".into()),
                 });
             }
         };

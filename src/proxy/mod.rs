@@ -6,6 +6,7 @@
 
 mod body;
 mod connect;
+mod deadline;
 pub mod error;
 mod forward;
 pub mod handoff;
@@ -53,6 +54,8 @@ pub struct ConnInfo {
     pub intercepted: Option<Intercepted>,
     /// An HTTP/1.1 CONNECT's tunnel, run by the listener once the 200 is written.
     pub handoff: handoff::Handoff,
+    /// The upstream timer its requests share.
+    upstream_timer: deadline::TimerSlot,
 }
 
 impl ConnInfo {
@@ -61,6 +64,7 @@ impl ConnInfo {
             peer,
             intercepted,
             handoff: handoff::Handoff::default(),
+            upstream_timer: deadline::TimerSlot::default(),
         }
     }
 }
