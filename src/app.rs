@@ -190,7 +190,8 @@ pub struct Prepared {
     store: Arc<dyn state::Store>,
 }
 
-/// Builds the runtime and restores the saved state (must run inside a tokio runtime).
+/// Builds the runtime, connects the shared (Redis) backend when configured, and restores the
+/// saved state.
 pub async fn prepare(config: Config) -> Result<Prepared, AppError> {
     let path = config.source.clone();
     let persistent = Arc::new(Persistent::new(Arc::new(crate::quota::FastClock::new())));
