@@ -214,11 +214,12 @@ stop_system_services() {
 QP_BIN="$ROOT/target/release/quota-proxy"
 UP_BIN="$ROOT/target/release/examples/bench_upstream"
 BARE_BIN="$ROOT/target/release/examples/bare_proxy"
+RTT_BIN="$ROOT/target/release/examples/redis_rtt"
 
 build() {
-  log "cargo build --release (quota-proxy, bench_upstream, bare_proxy, criterion benches)"
+  log "cargo build --release (quota-proxy, bench_upstream, bare_proxy, redis_rtt, criterion benches)"
   (cd "$ROOT" && cargo build --release --bin quota-proxy --example bench_upstream \
-    --example bare_proxy \
+    --example bare_proxy --example redis_rtt \
     && cargo bench --no-run --bench quota --bench hot_path) \
     >"$WORK/build.log" 2>&1 || die "build failed: $(grep -m5 -A5 '^error' "$WORK/build.log")"
   ensure_mitmdump
