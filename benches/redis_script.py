@@ -7,7 +7,12 @@ far from full), as the proxy's coalescer sends them; prints Redis's own time per
 (FLUSHALL): point it at a Redis of its own.
 
     redis-server --port 16398 --save '' --appendonly no &
-    taskset -c 0 python3 benches/redis_script.py 16398 11 3000 [SCRIPT]
+    taskset -c 0 python3 benches/redis_script.py 16398 11 3000 [SCRIPT [RATE]]
+
+With RATE (calls per second), each call starts on a fixed schedule instead of as soon as the
+last was answered: Redis then sleeps between calls, as it does at the comparison's 2k req/s
+latency rounds, and each call pays a cold start (on the AMD guest of 2026-12-05 a lone
+admission cost 38 us back to back and 61-66 us at 2,000 calls/s).
 """
 import socket
 import struct
@@ -16,6 +21,7 @@ import time
 
 port, batch, calls = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 path = sys.argv[4] if len(sys.argv) > 4 else "src/quota/shared/admit.lua"
+rate = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
 sock = socket.create_connection(("127.0.0.1", port))
 rd = sock.makefile("rb")
 
@@ -57,12 +63,19 @@ for _ in range(batch):
 cmd("FLUSHALL")
 cmd("CONFIG", "RESETSTAT")
 start = time.perf_counter()
-for _ in range(calls):
+busy = 0.0
+for i in range(calls):
+    if rate > 0:
+        wait = start + i / rate - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+    sent = time.perf_counter()
     reply = cmd("EVALSHA", sha, len(keys), *keys, records)
-elapsed = time.perf_counter() - start
+    busy += time.perf_counter() - sent
+elapsed = busy
 if not reply.startswith(b"1 "):
     raise RuntimeError(f"not admitted: {reply[:80]!r}")
 stats = [l for l in cmd("INFO", "commandstats").decode().split("\r\n") if l.startswith("cmdstat_evalsha:")]
 usec = float(stats[0].split("usec_per_call=")[1].split(",")[0])
-print(f"batch={batch} usec_per_call={usec:.2f} usec_per_admission={usec / batch:.2f} "
+print(f"batch={batch} rate={rate:g} usec_per_call={usec:.2f} usec_per_admission={usec / batch:.2f} "
       f"round_trip_us={elapsed / calls * 1e6:.0f}")
