@@ -25,10 +25,12 @@
 //! - [`app`]: wiring, reload and graceful drain.
 //! - [`tls`]: the local CA, leaf certificates and their cache (interception).
 //! - [`telemetry`]: logging and the metrics recorder.
+//! - [`deadline`]: timeouts on reused timers (upstream calls, Redis calls).
 
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod deadline;
 pub mod keys;
 pub mod listener;
 pub mod policy;

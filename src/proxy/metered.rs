@@ -34,7 +34,7 @@ pub struct Call<'a> {
     pub config: &'a Config,
     pub hints: &'a CallerHints,
     /// The client connection's upstream timer.
-    pub timer: &'a super::deadline::TimerSlot,
+    pub timer: &'a crate::deadline::TimerSlot,
 }
 
 /// What the request looks like apart from its body (Parts is not Clone).

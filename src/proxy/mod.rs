@@ -6,7 +6,6 @@
 
 mod body;
 mod connect;
-mod deadline;
 pub mod error;
 mod forward;
 pub mod handoff;
@@ -55,7 +54,7 @@ pub struct ConnInfo {
     /// An HTTP/1.1 CONNECT's tunnel, run by the listener once the 200 is written.
     pub handoff: handoff::Handoff,
     /// The upstream timer its requests share.
-    upstream_timer: deadline::TimerSlot,
+    upstream_timer: crate::deadline::TimerSlot,
 }
 
 impl ConnInfo {
@@ -64,7 +63,7 @@ impl ConnInfo {
             peer,
             intercepted,
             handoff: handoff::Handoff::default(),
-            upstream_timer: deadline::TimerSlot::default(),
+            upstream_timer: crate::deadline::TimerSlot::default(),
         }
     }
 }

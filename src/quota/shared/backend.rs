@@ -13,6 +13,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::deadline::TimerSlot;
 use crate::quota::clock::{duration_micros, Clock, Micros, SECOND};
 use crate::quota::shared::breaker::Breaker;
 use crate::quota::shared::coalesce::{Answer, Waiting};
@@ -44,6 +45,9 @@ pub struct RedisBackend {
     /// Admissions for the coalescing task ([`super::coalesce`]).
     admissions: mpsc::UnboundedSender<Waiting>,
     pub(crate) clock: Arc<dyn Clock>,
+    /// The calls' timeouts, on timers reused from call to call (see [`crate::deadline`]):
+    /// enough spares for the coalescer's flights and the worker's call beside them.
+    timers: TimerSlot,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -93,6 +97,7 @@ impl RedisBackend {
             tx,
             admissions,
             clock,
+            timers: TimerSlot::keeping(super::coalesce::MAX_FLIGHTS + 1),
         });
         tokio::spawn(super::coalesce::run(Arc::downgrade(&backend), waiting));
         Ok((backend, rx))
@@ -211,9 +216,13 @@ impl RedisBackend {
         let conn = self.conn.load_full();
         let result = match conn {
             None => Err(BackendError::NotConnected),
-            Some(c) => match tokio::time::timeout(self.options.timeout, f((*c).clone())).await {
-                Ok(r) => r.map_err(BackendError::from),
-                Err(_) => Err(BackendError::Timeout(self.options.timeout)),
+            Some(c) => match self
+                .timers
+                .timeout(self.options.timeout, f((*c).clone()))
+                .await
+            {
+                Some(r) => r.map_err(BackendError::from),
+                None => Err(BackendError::Timeout(self.options.timeout)),
             },
         };
         match &result {
