@@ -15,10 +15,12 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
+// tokio's `Instant` (the project's clock rule); outside a runtime it is the OS's monotonic clock.
+use tokio::time::Instant;
 
 #[derive(Parser)]
 struct Args {
