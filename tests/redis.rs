@@ -233,3 +233,45 @@ async fn a_one_worker_proxy_is_connected_to_redis_before_it_is_ready() {
         .wait_for_log("shared quota state in redis", WAIT)
         .await;
 }
+
+/// Script calls Redis has run (admissions and corrections) since it started.
+async fn script_calls(redis: &RedisServer) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:"))
+        .filter_map(|l| l.split(['=', ',']).nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn far_from_its_limit_a_proxy_asks_redis_once_per_grant_and_refunds_the_rest() {
+    let redis = RedisServer::start().await;
+    let up = MockUpstream::plain(fixed(200, &[], "ok")).await;
+    let cfg = rpm_config(&up, &redis, 1_000_000.0, "1m", "reject", "local");
+    let proxy = Proxy::start(&cfg);
+    let url = mock_url(&up, "/v1/busy");
+    let before = script_calls(&redis).await;
+    let calls: u32 = 300;
+    for _ in 0..calls {
+        let r = forward(proxy.proxy_addr, "GET", &url, &[], "").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let asked = script_calls(&redis).await - before;
+    assert!(
+        asked * 3 < u64::from(calls),
+        "{asked} script calls for {calls} admissions: most are served from grants"
+    );
+    // Redis counted every grant whole; what the proxy did not use is refunded once its
+    // grant ends, leaving exactly the calls made.
+    let sum = eventually("unused grants refunded", WAIT, || async {
+        let sum = redis.rolling_sum(RPM_KEY).await;
+        (sum == f64::from(calls)).then_some(sum)
+    })
+    .await;
+    assert_eq!(sum, f64::from(calls));
+    assert_eq!(up.requests().len(), calls as usize);
+}

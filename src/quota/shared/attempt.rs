@@ -10,6 +10,7 @@ use crate::quota::permit::Refusal;
 use crate::quota::provider::{Attempt, ProviderHandle};
 use crate::quota::reservation::Reservation;
 use crate::quota::shared::backend::{OnError, RedisBackend};
+use crate::quota::shared::grant::Take;
 use crate::quota::shared::plan::{reconcile_ops, settle_ops, Item, PlanCtx, Reply, Ticket};
 use crate::quota::unit::Costs;
 use crate::quota::verdict::{TooLarge, Wait};
@@ -93,17 +94,58 @@ impl ProviderHandle {
             };
             return Shared::Admitted(reservation(d.costs, now, ticket));
         }
+        // From a grant this replica holds for these counters, when one does.
+        let mut refunds = Vec::new();
+        let take = b.grants.take(&items, b.redis_now(now), &mut refunds);
+        b.adjust_later(refunds);
+        let (mut size, mut asking) = match take {
+            Take::Local { at, used } => {
+                let ticket = Ticket {
+                    items,
+                    at,
+                    used,
+                    fallback: false,
+                };
+                return Shared::Admitted(reservation(d.costs, now, ticket));
+            }
+            Take::Ask { size } => (size, true),
+            Take::Exact => (1, false),
+        };
         // A stale calendar period (first call, or a boundary passed): recompute from the
-        // server's time and ask again; a second stale answer is treated as a failure.
-        for _ in 0..2 {
-            let (back, reply) = b.admit_coalesced(items).await;
+        // server's time and ask again; a second stale answer is treated as a failure. A
+        // grant refused (the counters had less room than this replica last saw) is asked
+        // again for this admission alone.
+        let mut stale = 0;
+        loop {
+            let costs: Vec<f64> = items.iter().map(|it| it.cost).collect();
+            if size > 1 {
+                for it in &mut items {
+                    it.cost *= f64::from(size);
+                }
+            }
+            let (mut back, reply) = b.admit_coalesced(items).await;
+            if size > 1 {
+                for (it, cost) in back.iter_mut().zip(&costs) {
+                    it.cost = *cost;
+                }
+            }
             items = back;
             let reply = match reply {
                 Ok(r) => r,
-                Err(_) => return Shared::Down,
+                Err(_) => {
+                    if asking {
+                        b.grants.refused(&items);
+                    }
+                    return Shared::Down;
+                }
             };
             match reply {
                 Reply::Admitted { now: at, used } => {
+                    let used = if asking {
+                        b.grants.granted(&items, size, at, &used)
+                    } else {
+                        used
+                    };
                     let ticket = Ticket {
                         items,
                         at,
@@ -112,15 +154,40 @@ impl ProviderHandle {
                     };
                     return Shared::Admitted(reservation(d.costs, now, ticket));
                 }
+                Reply::Wait { .. } | Reply::TooLarge { .. } if size > 1 => size = 1,
                 Reply::Wait {
                     until,
                     item,
                     on_release,
                     ..
-                } => return Shared::Wait(wait_of(b, &items, until, item, on_release)),
-                Reply::TooLarge { item, .. } => return Shared::TooLarge(too_large(&items, item)),
-                Reply::Stale { now: redis_now } => items = self.plan(b, d, redis_now, &member),
+                } => {
+                    if asking {
+                        b.grants.refused(&items);
+                    }
+                    return Shared::Wait(wait_of(b, &items, until, item, on_release));
+                }
+                Reply::TooLarge { item, .. } => {
+                    if asking {
+                        b.grants.refused(&items);
+                    }
+                    return Shared::TooLarge(too_large(&items, item));
+                }
+                Reply::Stale { now: redis_now } => {
+                    stale += 1;
+                    if stale == 2 {
+                        break;
+                    }
+                    if asking {
+                        // Replanned: another period, other counters.
+                        b.grants.refused(&items);
+                    }
+                    items = self.plan(b, d, redis_now, &member);
+                    (size, asking) = (1, false);
+                }
             }
+        }
+        if asking {
+            b.grants.refused(&items);
         }
         Shared::Down
     }

@@ -17,6 +17,7 @@ use crate::deadline::TimerSlot;
 use crate::quota::clock::{duration_micros, Clock, Micros, SECOND};
 use crate::quota::shared::breaker::Breaker;
 use crate::quota::shared::coalesce::{Answer, Waiting};
+use crate::quota::shared::grant::Grants;
 pub use crate::quota::shared::options::OnError;
 use crate::quota::shared::options::{BackendError, RedisOptions};
 use crate::quota::shared::plan::{push_admit_args, Item, Op, Reply};
@@ -48,6 +49,8 @@ pub struct RedisBackend {
     /// The calls' timeouts, on timers reused from call to call (see [`crate::deadline`]):
     /// enough spares for the coalescer's flights and the worker's call beside them.
     timers: TimerSlot,
+    /// Budget taken ahead for the next admissions of the same counters.
+    pub(super) grants: Grants,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -98,6 +101,7 @@ impl RedisBackend {
             admissions,
             clock,
             timers: TimerSlot::keeping(super::coalesce::MAX_FLIGHTS + 1),
+            grants: Grants::default(),
         });
         tokio::spawn(super::coalesce::run(Arc::downgrade(&backend), waiting));
         Ok((backend, rx))

@@ -41,6 +41,7 @@ mod attempt;
 mod backend;
 mod breaker;
 mod coalesce;
+mod grant;
 pub mod keys;
 mod options;
 mod peek;

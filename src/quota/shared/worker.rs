@@ -23,6 +23,9 @@ pub(super) async fn run(backend: Weak<RedisBackend>, mut rx: mpsc::UnboundedRece
         while let Ok(more) = rx.try_recv() {
             ops.extend(more);
         }
+        // What grants that ended unused still held (those still in use are refunded by
+        // the admission that finds them ended).
+        ops.extend(b.grants.sweep(b.redis_now(b.clock.now())));
         if b.conn.load().is_none() && b.try_connect(b.options.connect_timeout).await.is_ok() {
             tracing::info!("connected to redis");
             lock(&b.breaker).success();
