@@ -13,6 +13,10 @@
 //!                                          response path)
 //! ```
 //!
+//! - **Grants** ([`grant`]): far from every limit, an admission takes several calls' worth
+//!   of its counters at once and the next admissions of the same counters are served from
+//!   it locally, at the grant's Redis time, while that time is exact for them; the rest is
+//!   refunded when it ends. Near a limit every admission is its own script call.
 //! - **Counters** mirror the local pure core: rolling windows as a hash of 64 conservative
 //!   sub-buckets (field = absolute sub-bucket index), token buckets as `level`/`last`,
 //!   calendar counters as one float per period, concurrency as a sorted set of leases
