@@ -116,28 +116,26 @@ impl ProviderHandle {
         // grant refused (the counters had less room than this replica last saw) is asked
         // again for this admission alone.
         let mut stale = 0;
-        loop {
-            let costs: Vec<f64> = items.iter().map(|it| it.cost).collect();
-            if size > 1 {
-                for it in &mut items {
-                    it.cost *= f64::from(size);
-                }
-            }
+        let refused = loop {
+            // A grant is asked for as the admission of `size` calls; the items keep one
+            // call's costs.
+            let costs = (size > 1).then(|| {
+                items
+                    .iter_mut()
+                    .map(|it| {
+                        let one = it.cost;
+                        it.cost = one * f64::from(size);
+                        one
+                    })
+                    .collect::<Vec<f64>>()
+            });
             let (mut back, reply) = b.admit_coalesced(items).await;
-            if size > 1 {
-                for (it, cost) in back.iter_mut().zip(&costs) {
-                    it.cost = *cost;
-                }
+            for (it, cost) in back.iter_mut().zip(costs.iter().flatten()) {
+                it.cost = *cost;
             }
             items = back;
-            let reply = match reply {
-                Ok(r) => r,
-                Err(_) => {
-                    if asking {
-                        b.grants.refused(&items);
-                    }
-                    return Shared::Down;
-                }
+            let Ok(reply) = reply else {
+                break Shared::Down;
             };
             match reply {
                 Reply::Admitted { now: at, used } => {
@@ -160,22 +158,12 @@ impl ProviderHandle {
                     item,
                     on_release,
                     ..
-                } => {
-                    if asking {
-                        b.grants.refused(&items);
-                    }
-                    return Shared::Wait(wait_of(b, &items, until, item, on_release));
-                }
-                Reply::TooLarge { item, .. } => {
-                    if asking {
-                        b.grants.refused(&items);
-                    }
-                    return Shared::TooLarge(too_large(&items, item));
-                }
+                } => break Shared::Wait(wait_of(b, &items, until, item, on_release)),
+                Reply::TooLarge { item, .. } => break Shared::TooLarge(too_large(&items, item)),
                 Reply::Stale { now: redis_now } => {
                     stale += 1;
                     if stale == 2 {
-                        break;
+                        break Shared::Down;
                     }
                     if asking {
                         // Replanned: another period, other counters.
@@ -185,11 +173,11 @@ impl ProviderHandle {
                     (size, asking) = (1, false);
                 }
             }
-        }
+        };
         if asking {
             b.grants.refused(&items);
         }
-        Shared::Down
+        refused
     }
 
     /// [`ProviderHandle::attempt`], through Redis when the engine has a shared backend.

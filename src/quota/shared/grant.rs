@@ -98,11 +98,14 @@ fn grantable(items: &[Item]) -> bool {
         })
 }
 
+/// Whether a grant of `a` may serve `b`: the same counters, with the same caps (a caller
+/// of another priority has another cap under the same counters, and a reload may change
+/// it), so a grant never lets a call past a cap its own admission would have met.
 fn same_counters(a: &[Item], b: &[Item]) -> bool {
     a.len() == b.len()
         && a.iter()
             .zip(b)
-            .all(|(x, y)| x.key == y.key && x.kind == y.kind)
+            .all(|(x, y)| x.key == y.key && x.kind == y.kind && x.cap.to_bits() == y.cap.to_bits())
 }
 
 /// Until when a grant counted at `at` stays exact for `items`.
@@ -135,6 +138,7 @@ impl Grants {
         let mut h = foldhash::fast::FixedState::default().build_hasher();
         for it in items {
             it.key.hash(&mut h);
+            it.cap.to_bits().hash(&mut h);
         }
         h.finish()
     }
@@ -152,7 +156,7 @@ impl Grants {
             return Take::Ask { size: 1 };
         };
         if !same_counters(&g.items, items) {
-            // Another set of counters with the same hash: asked for alone.
+            // Another set of counters (or caps) with the same hash: asked for alone.
             return Take::Exact;
         }
         if g.asking && now < g.asked.saturating_add(ASKING) {
@@ -467,6 +471,31 @@ mod tests {
             g.take(&items, SECOND + 10 + ASKING, &mut ops),
             Take::Ask { .. }
         ));
+    }
+
+    #[test]
+    fn a_caller_with_another_cap_on_the_same_counters_has_its_own_grant() {
+        // A low-priority caller's cap (a reserve held back for higher priorities) is not
+        // served from a grant taken under the whole amount.
+        let g = Grants::default();
+        let high = [rolling("a", 1e6)];
+        let mut low = high.clone();
+        low[0].cap = 8e5;
+        let mut ops = Vec::new();
+        g.take(&high, SECOND, &mut ops);
+        g.granted(&high, 1, SECOND, &[1.0]);
+        g.take(&high, SECOND + 10, &mut ops);
+        g.granted(&high, 50, SECOND + 10, &[51.0]);
+        assert!(matches!(
+            g.take(&high, SECOND + 20, &mut ops),
+            Take::Local { .. }
+        ));
+        assert_eq!(g.take(&low, SECOND + 30, &mut ops), Take::Ask { size: 1 });
+        assert!(matches!(
+            g.take(&high, SECOND + 40, &mut ops),
+            Take::Local { .. }
+        ));
+        assert!(ops.is_empty());
     }
 
     #[test]
