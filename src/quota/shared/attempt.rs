@@ -140,7 +140,10 @@ impl ProviderHandle {
             match reply {
                 Reply::Admitted { now: at, used } => {
                     let used = if asking {
-                        b.grants.granted(&items, size, at, &used)
+                        let mut refunds = Vec::new();
+                        let used = b.grants.granted(&items, size, at, &used, &mut refunds);
+                        b.adjust_later(refunds);
+                        used
                     } else {
                         used
                     };

@@ -183,15 +183,25 @@ impl Grants {
     }
 
     /// Redis admitted `size` admissions of `items` at `at` (`used`: its usage per item):
-    /// keeps what is beyond this call as the grant. Returns this admission's usage per
-    /// item.
-    pub(crate) fn granted(&self, items: &[Item], size: u32, at: Micros, used: &[f64]) -> Vec<f64> {
+    /// keeps what is beyond this call as the grant (what a grant it replaces still held
+    /// goes to `ops`). Returns this admission's usage per item.
+    pub(crate) fn granted(
+        &self,
+        items: &[Item],
+        size: u32,
+        at: Micros,
+        used: &[f64],
+        ops: &mut Vec<Op>,
+    ) -> Vec<f64> {
         let key = self.key_of(items);
         let extra = f64::from(size.saturating_sub(1));
         let rest: Vec<f64> = items.iter().map(|it| it.cost * extra).collect();
         let mine = used.iter().zip(&rest).map(|(u, r)| u - r).collect();
         let mut map = lock(&self.map);
         if let Some(g) = map.get_mut(&key).filter(|g| same_counters(&g.items, items)) {
+            // Only when the call asking took longer than `ASKING` and another asked
+            // meanwhile: the older grant is given back, not lost.
+            refund(g, ops);
             g.items.clone_from_slice(items);
             g.at = at;
             g.until = end_of(items, at);
@@ -206,13 +216,18 @@ impl Grants {
     }
 
     /// The call asking for a grant of `items` got none (refused, or Redis failed): the
-    /// next asks for one admission.
+    /// counters are taken to have no room until an answer says otherwise, so the next
+    /// admissions ask for themselves alone (near a limit, a refused grant would otherwise
+    /// cost every call a second round trip).
     pub(crate) fn refused(&self, items: &[Item]) {
         let key = self.key_of(items);
         if let Some(g) = lock(&self.map)
             .get_mut(&key)
             .filter(|g| same_counters(&g.items, items))
         {
+            for (u, it) in g.used.iter_mut().zip(items) {
+                *u = it.cap;
+            }
             g.asking = false;
             g.size = 1;
             g.served = 1;
@@ -325,7 +340,7 @@ mod tests {
                 Take::Local { .. } => local += 1,
                 Take::Ask { size } => {
                     let used = vec![100.0; items.len()];
-                    g.granted(items, size, t, &used);
+                    g.granted(items, size, t, &used, &mut ops);
                 }
                 Take::Exact => {}
             }
@@ -339,13 +354,13 @@ mod tests {
         let items = [rolling("a", 1e9)];
         let mut ops = Vec::new();
         assert_eq!(g.take(&items, 10 * SECOND, &mut ops), Take::Ask { size: 1 });
-        g.granted(&items, 1, 10 * SECOND, &[1.0]);
+        g.granted(&items, 1, 10 * SECOND, &[1.0], &mut ops);
         // Nothing held: the next asks, for more (the last one ran out at once).
         match g.take(&items, 10 * SECOND + MS, &mut ops) {
             Take::Ask { size } => assert!(size >= 2, "{size}"),
             other => panic!("{other:?}"),
         }
-        g.granted(&items, 8, 10 * SECOND + MS, &[9.0]);
+        g.granted(&items, 8, 10 * SECOND + MS, &[9.0], &mut ops);
         // Seven left, each counted at the grant's time with the usage known here.
         for k in 1..=7 {
             match g.take(&items, 10 * SECOND + MS + k * 10, &mut ops) {
@@ -380,9 +395,9 @@ mod tests {
         )];
         let mut ops = Vec::new();
         g.take(&items, 5 * SECOND, &mut ops);
-        g.granted(&items, 1, 5 * SECOND, &[1.0]);
+        g.granted(&items, 1, 5 * SECOND, &[1.0], &mut ops);
         g.take(&items, 5 * SECOND + 100 * MS, &mut ops);
-        g.granted(&items, 10, 5 * SECOND + 100 * MS, &[11.0]);
+        g.granted(&items, 10, 5 * SECOND + 100 * MS, &[11.0], &mut ops);
         assert_eq!(g.held(), 9.0);
         // Inside its sub-bucket (5.10-5.15 s): local. From its end (well before its
         // 100 ms life): asked again, and the six left are refunded into that sub-bucket.
@@ -418,7 +433,7 @@ mod tests {
         )];
         let mut ops = Vec::new();
         g.take(&bucket, SECOND, &mut ops);
-        g.granted(&bucket, 50, SECOND, &[50.0]);
+        g.granted(&bucket, 50, SECOND, &[50.0], &mut ops);
         assert!(matches!(
             g.take(&bucket, SECOND + MAX_LIFE - GUARD - 1, &mut ops),
             Take::Local { .. }
@@ -438,19 +453,19 @@ mod tests {
         let items = [rolling("a", 100.0)];
         let mut ops = Vec::new();
         g.take(&items, SECOND, &mut ops);
-        g.granted(&items, 1, SECOND, &[80.0]);
+        g.granted(&items, 1, SECOND, &[80.0], &mut ops);
         for i in 0..20 {
             let size = match g.take(&items, SECOND + i * 10, &mut ops) {
                 Take::Ask { size } => size,
                 other => panic!("{other:?}"),
             };
             assert_eq!(size, 1);
-            g.granted(&items, size, SECOND + i * 10, &[81.0 + i as f64]);
+            g.granted(&items, size, SECOND + i * 10, &[81.0 + i as f64], &mut ops);
         }
         assert_eq!(g.held(), 0.0);
         // With plenty of room the same counters are granted again.
         g.take(&items, 3 * SECOND, &mut ops);
-        g.granted(&items, 1, 3 * SECOND, &[0.0]);
+        g.granted(&items, 1, 3 * SECOND, &[0.0], &mut ops);
         assert!(
             matches!(g.take(&items, 3 * SECOND + 10, &mut ops), Take::Ask { size } if size > 1)
         );
@@ -465,10 +480,32 @@ mod tests {
         assert_eq!(g.take(&items, SECOND, &mut ops), Take::Exact);
         g.refused(&items);
         assert_eq!(g.take(&items, SECOND + 10, &mut ops), Take::Ask { size: 1 });
+        g.granted(&items, 1, SECOND + 10, &[5.0], &mut ops);
+        // Busy far from the limit: the next asks for a grant; refused (another replica
+        // took the room), the calls after it ask alone until an answer shows room again.
+        let size = match g.take(&items, SECOND + 20, &mut ops) {
+            Take::Ask { size } => size,
+            other => panic!("{other:?}"),
+        };
+        assert!(size > 1, "{size}");
+        g.refused(&items);
+        for t in 0..5 {
+            assert_eq!(
+                g.take(&items, SECOND + 30 + t, &mut ops),
+                Take::Ask { size: 1 }
+            );
+            g.refused(&items);
+        }
+        assert_eq!(g.take(&items, SECOND + 40, &mut ops), Take::Ask { size: 1 });
+        g.granted(&items, 1, SECOND + 40, &[6.0], &mut ops);
+        assert!(matches!(g.take(&items, SECOND + 50, &mut ops), Take::Ask { size } if size > 1));
+        assert_eq!(g.take(&items, SECOND + 60, &mut ops), Take::Exact);
+        g.refused(&items);
+        assert_eq!(g.take(&items, SECOND + 70, &mut ops), Take::Ask { size: 1 });
         // A call that never reports (its request cancelled) blocks grants for a while only.
         assert_eq!(g.take(&items, SECOND + 20, &mut ops), Take::Exact);
         assert!(matches!(
-            g.take(&items, SECOND + 10 + ASKING, &mut ops),
+            g.take(&items, SECOND + 70 + ASKING, &mut ops),
             Take::Ask { .. }
         ));
     }
@@ -483,9 +520,9 @@ mod tests {
         low[0].cap = 8e5;
         let mut ops = Vec::new();
         g.take(&high, SECOND, &mut ops);
-        g.granted(&high, 1, SECOND, &[1.0]);
+        g.granted(&high, 1, SECOND, &[1.0], &mut ops);
         g.take(&high, SECOND + 10, &mut ops);
-        g.granted(&high, 50, SECOND + 10, &[51.0]);
+        g.granted(&high, 50, SECOND + 10, &[51.0], &mut ops);
         assert!(matches!(
             g.take(&high, SECOND + 20, &mut ops),
             Take::Local { .. }
@@ -549,9 +586,9 @@ mod tests {
         )];
         let mut ops = Vec::new();
         g.take(&items, 10 * SECOND - 50 * MS, &mut ops);
-        g.granted(&items, 1, 10 * SECOND - 50 * MS, &[2.0]);
+        g.granted(&items, 1, 10 * SECOND - 50 * MS, &[2.0], &mut ops);
         g.take(&items, 10 * SECOND - 40 * MS, &mut ops);
-        g.granted(&items, 4, 10 * SECOND - 40 * MS, &[10.0]);
+        g.granted(&items, 4, 10 * SECOND - 40 * MS, &[10.0], &mut ops);
         assert!(g.sweep(10 * SECOND - 1).is_empty());
         let ops = g.sweep(10 * SECOND);
         assert_eq!(ops.len(), 1);
