@@ -59,6 +59,17 @@ fn reservation(costs: Costs, now: Micros, ticket: Ticket) -> Reservation {
     r
 }
 
+/// An admission counted by Redis at `at` (`used`: each item's usage with it).
+fn admitted(costs: Costs, now: Micros, items: Vec<Item>, at: Micros, used: Vec<f64>) -> Shared {
+    let ticket = Ticket {
+        items,
+        at,
+        used,
+        fallback: false,
+    };
+    Shared::Admitted(reservation(costs, now, ticket))
+}
+
 impl ProviderHandle {
     fn plan(
         &self,
@@ -86,28 +97,14 @@ impl ProviderHandle {
         let member = || member.get_or_init(|| b.member()).clone();
         let mut items = self.plan(b, d, b.redis_now(now), &member);
         if items.is_empty() {
-            let ticket = Ticket {
-                items,
-                at: b.redis_now(now),
-                used: Vec::new(),
-                fallback: false,
-            };
-            return Shared::Admitted(reservation(d.costs, now, ticket));
+            return admitted(d.costs, now, items, b.redis_now(now), Vec::new());
         }
         // From a grant this replica holds for these counters, when one does.
         let mut refunds = Vec::new();
         let take = b.grants.take(&items, b.redis_now(now), &mut refunds);
         b.adjust_later(refunds);
         let (mut size, mut asking) = match take {
-            Take::Local { at, used } => {
-                let ticket = Ticket {
-                    items,
-                    at,
-                    used,
-                    fallback: false,
-                };
-                return Shared::Admitted(reservation(d.costs, now, ticket));
-            }
+            Take::Local { at, used } => return admitted(d.costs, now, items, at, used),
             Take::Ask { size } => (size, true),
             Take::Exact => (1, false),
         };
@@ -147,13 +144,7 @@ impl ProviderHandle {
                     } else {
                         used
                     };
-                    let ticket = Ticket {
-                        items,
-                        at,
-                        used,
-                        fallback: false,
-                    };
-                    return Shared::Admitted(reservation(d.costs, now, ticket));
+                    return admitted(d.costs, now, items, at, used);
                 }
                 Reply::Wait { .. } | Reply::TooLarge { .. } if size > 1 => size = 1,
                 Reply::Wait {
