@@ -172,6 +172,17 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(limiter.check_key(black_box(&"team-a")).is_ok()))
     });
 
+    // Three limits the governor way: one keyed limiter per limit, each checked (and
+    // counted) for the same key. Not all-or-nothing: a refusal by the third leaves the first
+    // two counted, which the admission never does.
+    let three = [governor_limiter(), governor_limiter(), governor_limiter()];
+    g.bench_function("governor_keyed_check_3_limiters", |b| {
+        b.iter(|| {
+            let key = black_box(&"team-a");
+            black_box(three.iter().all(|l| l.check_key(key).is_ok()))
+        })
+    });
+
     g.bench_function("provider_handle_admit_settle_3_limits_2_threads", |b| {
         b.iter_custom(|iters| {
             let p = provider.clone();

@@ -499,14 +499,15 @@ run_criterion() {
   (cd "$ROOT" && nice -n "$NICE" cargo bench --bench quota --bench hot_path -- \
     --warm-up-time 1 --measurement-time "$CRIT_TIME" "$CRIT_FILTER") >"$WORK/criterion.log" 2>&1 \
     || die "cargo bench failed: $(tail -5 "$WORK/criterion.log")"
-  local qp full gov mint sign hit
+  local qp full gov gov3 mint sign hit
   # The decision is the admission (governor's check decides and records in one step; it has
   # no settlement); admission + settlement is shown beside it.
   qp=$(criterion_ns quota_decision provider_handle_admit_3_limits)
   full=$(criterion_ns quota_decision provider_handle_admit_settle_3_limits)
   gov=$(criterion_ns quota_decision governor_keyed_check)
+  gov3=$(criterion_ns quota_decision governor_keyed_check_3_limiters)
   extra "quota decision, 3 limits, in process (ns) vs keyed governor" "$qp" "$gov" "governor keyed check" \
-    "ns" "<= 1.5x" "v <= 1.5" ratio "admission through a provider handle; with its settlement ${full} ns"
+    "ns" "<= 1.5x" "v <= 1.5" ratio "admission through a provider handle; with its settlement ${full} ns; three keyed governor limiters checked for one key ${gov3} ns"
   # Share of a request's CPU: against quota-proxy's keep-alive CPU/request of this run.
   local cpu_req
   cpu_req=$(python3 - "$SAMPLES" <<'EOF'
