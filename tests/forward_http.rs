@@ -407,3 +407,70 @@ async fn connection_close_ends_with_the_whole_response_and_a_clean_eof() {
         );
     }
 }
+
+#[tokio::test]
+async fn one_kept_alive_connection_reaches_each_authority_it_names_and_checks_every_host() {
+    // A connection remembers its last destination; a request naming another authority, or
+    // the same one spelled otherwise, must not be sent where the last one went, and each
+    // request's Host is checked against its own URI.
+    let first = MockUpstream::plain(fixed(200, &[], "first")).await;
+    let second = MockUpstream::plain(fixed(200, &[], "second")).await;
+    let cfg = mock_config(&first)
+        .resolve("api.second.test", "127.0.0.1")
+        .simple_provider(
+            "second",
+            "api.second.test",
+            &second.url_for("api.second.test"),
+        )
+        .build();
+    let proxy = Proxy::start(&cfg);
+    let mut conn = open_h1(proxy.proxy_addr).await.unwrap();
+    let first_url = mock_url(&first, "/v1/a");
+    let second_url = format!("{}/v1/b", second.url_for("api.second.test"));
+    let first_authority = format!("{MOCK_HOST}:{}", first.port());
+    let send = |url: String, headers: Vec<(&'static str, String)>| {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        build_request("GET", &url, &headers, "")
+    };
+
+    for (url, want) in [
+        (&first_url, "first"),
+        (&first_url, "first"),
+        (&second_url, "second"),
+        (&first_url, "first"),
+    ] {
+        let resp = send_on(&mut conn, send(url.clone(), vec![])).await.unwrap();
+        assert_eq!(resp.status, 200, "{url}: {}", resp.text());
+        assert_eq!(resp.text(), want, "{url}");
+    }
+    assert_eq!(first.requests().len(), 3);
+    assert_eq!(second.requests().len(), 1);
+
+    // The same authority in capitals: the same origin, sent with the canonical Host.
+    let shouted = mock_url(&first, "/v1/c").replace(MOCK_HOST, &MOCK_HOST.to_ascii_uppercase());
+    let resp = send_on(&mut conn, send(shouted, vec![])).await.unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let last = first.requests().pop().unwrap();
+    assert_eq!(last.path_and_query(), "/v1/c");
+    assert_eq!(last.header("host"), Some(first_authority.as_str()));
+
+    // The remembered authority with a Host naming the other provider: refused, not sent.
+    let resp = send_on(
+        &mut conn,
+        send(
+            first_url.clone(),
+            vec![("host", format!("api.second.test:{}", second.port()))],
+        ),
+    )
+    .await
+    .unwrap();
+    let err = assert_proxy_error(&resp, 400, "error");
+    assert!(
+        err["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Host header does not match")),
+        "{err}"
+    );
+    assert_eq!(first.requests().len(), 4);
+    assert_eq!(second.requests().len(), 1);
+}

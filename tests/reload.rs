@@ -139,3 +139,41 @@ async fn sighup_reloads_and_keeps_old_config_on_error() {
     );
     assert_eq!(admin_get(proxy.admin_addr, "/healthz").await.0, 200);
 }
+
+#[tokio::test]
+async fn a_reload_applies_to_the_next_request_of_a_kept_alive_connection() {
+    // The connection's remembered destination belongs to the config it was found under.
+    let up = MockUpstream::plain(fixed(200, &[], "ok")).await;
+    let other = MockUpstream::plain(fixed(200, &[], "other")).await;
+    let proxy = Proxy::start(&mock_config(&up).build());
+    let mut conn = open_h1(proxy.proxy_addr).await.unwrap();
+    let url = mock_url(&up, "/v1/x");
+    for _ in 0..2 {
+        let resp = send_on(&mut conn, build_request("GET", &url, &[], ""))
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+
+    // Now nothing matches the mock host, and unmatched traffic is denied.
+    let cfg = ConfigBuilder::new()
+        .proxy("unmatched", "\"deny\"")
+        .resolve("api.other.test", "127.0.0.1")
+        .simple_provider("other", "api.other.test", &other.url_for("api.other.test"))
+        .build();
+    proxy.write_config(&cfg);
+    let (status, body) = admin_post(proxy.admin_addr, "/reload", "").await;
+    assert_eq!(status, 200, "{body}");
+
+    let resp = send_on(&mut conn, build_request("GET", &url, &[], ""))
+        .await
+        .unwrap();
+    let err = assert_proxy_error(&resp, 403, "error");
+    assert!(
+        err["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not a configured provider")),
+        "{err}"
+    );
+    assert_eq!(up.requests().len(), 2);
+}

@@ -55,6 +55,8 @@ pub struct ConnInfo {
     pub handoff: handoff::Handoff,
     /// The upstream timer its requests share.
     upstream_timer: crate::deadline::TimerSlot,
+    /// Its last absolute-form destination with a provider.
+    last_destination: forward::DestinationSlot,
 }
 
 impl ConnInfo {
@@ -64,6 +66,7 @@ impl ConnInfo {
             intercepted,
             handoff: handoff::Handoff::default(),
             upstream_timer: crate::deadline::TimerSlot::default(),
+            last_destination: forward::DestinationSlot::default(),
         }
     }
 }
