@@ -46,8 +46,9 @@ pub struct LastDestination {
     /// while this lives: a reload's runtime never has its address, and never matches.
     runtime: Weak<crate::runtime::Runtime>,
     https: bool,
-    /// The request URI's authority exactly as sent (compared byte for byte).
-    authority: Authority,
+    /// The request URI's authority exactly as sent (compared byte for byte). A copy: the
+    /// request's own shares the connection's read buffer, which it would keep allocated.
+    authority: Box<str>,
     host: Arc<str>,
     port: u16,
     provider: Arc<Provider>,
@@ -82,7 +83,7 @@ impl DestinationSlot {
         let last = last.as_ref().filter(|l| {
             l.https == https
                 && std::ptr::eq(l.runtime.as_ptr(), Arc::as_ptr(runtime))
-                && l.authority.as_str() == authority.as_str()
+                && *l.authority == *authority.as_str()
         })?;
         Some(Destination {
             https,
@@ -411,7 +412,7 @@ fn destination(
             conn.last_destination.set(LastDestination {
                 runtime: Arc::downgrade(runtime),
                 https,
-                authority: authority.clone(),
+                authority: authority.as_str().into(),
                 host: Arc::clone(&dest.host),
                 port,
                 provider: Arc::clone(provider),
