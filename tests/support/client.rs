@@ -78,6 +78,16 @@ pub fn assert_proxy_error(resp: &Resp, status: u16, marker: &str) -> serde_json:
     err
 }
 
+/// [`assert_proxy_error`] for an error the proxy made itself (`x-quota-proxy: error`) whose
+/// message contains `part`.
+pub fn assert_error_saying(resp: &Resp, status: u16, part: &str) {
+    let err = assert_proxy_error(resp, status, "error");
+    assert!(
+        err["message"].as_str().is_some_and(|m| m.contains(part)),
+        "expected a message containing {part:?}: {err}"
+    );
+}
+
 /// Builds a request; `Host` is set from the URL's authority unless `headers` has one.
 pub fn build_request(
     method: &str,
