@@ -78,6 +78,43 @@ async fn delay_mode_paces_40_simultaneous_clients_without_overshoot() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_counts_a_call_from_when_its_new_upstream_connection_is_ready() {
+    // Every new upstream connection is ready 400 ms after the proxy opens it. The first two
+    // calls are admitted at once and each opens one; had their window counted them from
+    // their admission, it would free 400 ms before the upstream's does, and the next two
+    // (waiting in the queue, sent on the now pooled connections at once) would reach the
+    // upstream 0.6 s after the first two.
+    let ca = TestCa::new("accuracy upstream ca");
+    let (h, tracker) = tracked(fixed(200, &[], "ok"));
+    let handshake = Duration::from_millis(400);
+    let up = MockUpstream::tls_h1_only_slow(h, &ca.issue(&[MOCK_HOST]), handshake).await;
+    let cfg = mock_provider(&up, &[])
+        .extra_roots(ca.pem_path())
+        .raw(&limit("per-second", "requests", 2.0, "1s", "provider"))
+        .raw(&on_limit("delay", "10s", 100))
+        .build();
+    let proxy = Proxy::start(&cfg);
+    let (addr, url) = (proxy.proxy_addr, mock_url(&up, "/v1/slow-connect"));
+    let resps = concurrently(4, |_| {
+        let url = url.clone();
+        async move { forward(addr, "GET", &url, &[], "").await }
+    })
+    .await;
+    for r in &resps {
+        assert_eq!(r.status, 200, "delay mode must not refuse: {}", r.text());
+    }
+    assert_eq!(
+        up.connections(),
+        2,
+        "the last two calls reuse the first two's connections"
+    );
+    let mut at = tracker.arrivals();
+    at.sort();
+    assert_eq!(at.len(), 4);
+    assert_paced(&at, 2, Duration::from_secs(1));
+}
+
 /// What the token upstream has promised (in flight) and reported (settled).
 #[derive(Default)]
 struct Ledger {

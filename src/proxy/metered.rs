@@ -124,12 +124,16 @@ pub async fn send(
         let mut permit = admitted.permit;
         permit.mark_sent();
         // The engine's clock times the call too: the read after the answer serves both.
-        let started = call.engine.clock().now();
+        let clock = call.engine.clock();
+        let started = clock.now();
+        // A new upstream connection may take a while (a TLS handshake): the windows count
+        // the call from when it goes out on it.
         let sent = call
             .timer
             .timeout(
                 call.config.proxy.upstream_timeout,
-                call.client.request(request),
+                call.client
+                    .request_then(request, || permit.restamp(clock.now())),
             )
             .await;
         let now = call.engine.clock().now();

@@ -148,9 +148,10 @@ impl ProviderState {
                 };
             }
         };
-        self.apply(&mut items, now);
+        let restamp_after = self.apply(&mut items, now);
         let mut res = Reservation::new(self.id, self.generation, items, demand.costs, now);
         res.shadow_verdict = shadow_verdict;
+        res.restamp_after = restamp_after;
         Admission::Admitted(res)
     }
 
@@ -313,12 +314,17 @@ impl ProviderState {
         }
     }
 
-    /// Counts every item of a decided reservation.
-    fn apply(&mut self, items: &mut [Item], now: Micros) {
+    /// Counts every item of a decided reservation; returns when sending it would first
+    /// move a count (the reservation's `restamp_after`).
+    fn apply(&mut self, items: &mut [Item], now: Micros) -> Micros {
+        let mut restamp_after = Micros::MAX;
         for item in items.iter_mut() {
             let s = &mut self.slots[item.slot as usize];
             let e = &self.entries[s.entry as usize];
             item.tag = s.meter.add(item.cost, now);
+            if let Some(t) = s.meter.restamp_after() {
+                restamp_after = restamp_after.min(t);
+            }
             s.outstanding = s.outstanding.saturating_add(1);
             if let (Some(book), true) = (&mut s.book, item.group != NO_GROUP) {
                 if book.period == item.tag {
@@ -331,6 +337,7 @@ impl ProviderState {
                 check_warn(e, s, &mut self.warnings, now);
             }
         }
+        restamp_after
     }
 
     /// Name, scope and scope id of a slot's limit.

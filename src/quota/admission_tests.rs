@@ -488,3 +488,43 @@ fn prune_forgets_idle_scopes_only() {
     assert_eq!(used(&st, "rpm", "busy", T0), 0.0);
     assert_eq!(used(&st, "rpm", "new", T0), 1.0);
 }
+
+#[test]
+fn a_restamped_call_leaves_the_rolling_window_a_window_after_it_was_sent() {
+    let min64 = 64 * SECOND; // 1 s sub-buckets
+    let mut st = state(vec![
+        rolling("rpm", Unit::Requests, 1.0, min64),
+        rolling("tpm", Unit::Tokens, 100.0, min64),
+        daily("rpd", Unit::Requests, 10.0),
+    ]);
+    let d = Demand::new("c", tokens(100.0));
+    let mut r = admitted(st.try_admit(&d, T0));
+    // Sent in the same sub-bucket: nothing moves, so the window frees as it would have.
+    st.restamp(&mut r, T0 + 900_000);
+    assert_eq!(r.restamp_after, T0 + SECOND);
+    // Sent ten seconds after its admission (its connection took that long).
+    st.restamp(&mut r, T0 + 10 * SECOND);
+    assert_eq!(r.restamp_after, T0 + 11 * SECOND);
+    assert_eq!(used(&st, "rpm", "", T0 + 10 * SECOND), 1.0);
+    // Unmoved, the call would have left at T0 + 65 s; it now leaves ten seconds later.
+    let w = wait(st.try_admit(&d, T0 + 65 * SECOND));
+    assert_eq!(w.until, T0 + 75 * SECOND);
+    // Settling corrects the bucket it moved to: 40 tokens used, counted until T0 + 75 s.
+    st.settle(r, &tokens(40.0), T0 + 11 * SECOND);
+    assert_eq!(used(&st, "tpm", "", T0 + 70 * SECOND), 40.0);
+    assert_eq!(used(&st, "tpm", "", T0 + 75 * SECOND), 0.0);
+    // The calendar counter keeps the call where it was admitted.
+    assert_eq!(used(&st, "rpd", "", T0 + 75 * SECOND), 1.0);
+    ok(st.try_admit(&d, T0 + 75 * SECOND));
+}
+
+#[test]
+fn restamping_a_reservation_without_rolling_windows_moves_nothing() {
+    let mut st = state(vec![daily("rpd", Unit::Requests, 1.0), concurrent(1.0)]);
+    let mut r = admitted(st.try_admit(&Demand::new("c", Costs::default()), T0));
+    assert_eq!(r.restamp_after, Micros::MAX);
+    st.restamp(&mut r, T0 + 10 * SECOND);
+    assert_eq!(used(&st, "rpd", "", T0 + 10 * SECOND), 1.0);
+    st.settle(r, &Costs::default(), T0 + 11 * SECOND);
+    assert_eq!(used(&st, "conc", "", T0 + 11 * SECOND), 0.0);
+}

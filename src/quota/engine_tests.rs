@@ -400,3 +400,25 @@ async fn handles_and_futures_cross_threads() {
     assert!(matches!(&handle, Some(h) if h.name() == "p" && h.queue_len() == 0));
     assert!(e.provider("nope").is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_permit_restamped_when_its_call_goes_out_is_counted_from_then() {
+    let e = rpm1(delay(0, 10));
+    let mut p = permit(e.try_admit("p", &req()));
+    tokio::time::advance(Duration::from_secs(5)).await;
+    p.restamp(e.clock().now());
+    p.mark_sent();
+    p.settle(&Costs::default());
+    // Admitted at 0 and sent at 5 s: the window (64 s, 1 s sub-buckets) frees between
+    // 69 and 70 s, not between 64 and 65 s.
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let Refusal::Limited { retry_after, .. } = refusal(e.try_admit("p", &req())) else {
+        panic!("expected a limit");
+    };
+    assert!(
+        (3 * SECOND..=4 * SECOND).contains(&retry_after),
+        "retry after {retry_after} us"
+    );
+    tokio::time::advance(Duration::from_secs(4)).await;
+    permit(e.try_admit("p", &req())).settle(&Costs::default());
+}

@@ -111,6 +111,17 @@ impl Meter {
         }
     }
 
+    /// When a reservation counted now would first land in an older bucket than a call
+    /// sent then: the end of a rolling window's newest bucket (`None` for other kinds, which
+    /// count a call where it was admitted).
+    #[inline]
+    pub fn restamp_after(&self) -> Option<Micros> {
+        match self {
+            Meter::Rolling(w) => Some(w.head_end()),
+            _ => None,
+        }
+    }
+
     /// Used at `now`.
     pub fn used(&self, now: Micros) -> f64 {
         match self {

@@ -131,6 +131,15 @@ impl Permit {
         self.sent = true;
     }
 
+    /// The call is about to go out, at `now` (it waited for a new upstream connection since
+    /// its admission, say): the provider's rolling windows count it from `now`, as the
+    /// upstream will (see [`ProviderState::restamp`](crate::quota::ProviderState::restamp)).
+    pub fn restamp(&mut self, now: Micros) {
+        if let Some(r) = self.reservation.as_mut() {
+            self.handle.restamp(r, now);
+        }
+    }
+
     /// Whether [`Permit::mark_sent`] was called.
     pub fn is_sent(&self) -> bool {
         self.sent

@@ -156,6 +156,13 @@ impl ProviderHandle {
     }
 
     /// Settles (`Some(actual)`) or cancels (`None`), then wakes the queue.
+    /// See [`ProviderState::restamp`]; the lock is taken only when a count moves.
+    pub(crate) fn restamp(&self, r: &mut Reservation, now: Micros) {
+        if now >= r.restamp_after {
+            self.lock().restamp(r, now);
+        }
+    }
+
     pub(crate) fn settle(&self, mut r: Reservation, actual: Option<&Costs>) {
         if let Some(ticket) = r.shared.take() {
             self.settle_shared(&ticket, actual);

@@ -39,6 +39,10 @@ pub struct Reservation {
     pub(crate) estimate: Costs,
     pub(crate) admitted_at: Micros,
     pub(crate) shadow_verdict: Option<Box<Verdict>>,
+    /// Before this time sending moves nothing (see
+    /// [`restamp`](crate::quota::ProviderState::restamp)): the end of the newest bucket a
+    /// rolling-window item landed in; `Micros::MAX` when it holds none.
+    pub(crate) restamp_after: Micros,
     /// Shared mode: what the reservation holds in Redis.
     pub(crate) shared: Option<Box<crate::quota::shared::Ticket>>,
 }
@@ -58,6 +62,7 @@ impl Reservation {
             estimate,
             admitted_at: now,
             shadow_verdict: None,
+            restamp_after: Micros::MAX,
             shared: None,
         }
     }

@@ -129,6 +129,33 @@ impl RollingWindow {
         self.head
     }
 
+    /// End of the newest bucket: a reservation in it has nothing to move before then.
+    #[inline]
+    pub fn head_end(&self) -> Micros {
+        self.head_end
+    }
+
+    /// Moves `amount`, reserved in `bucket`, to the bucket of `now` (the call leaves then, so
+    /// it is counted from then); returns the bucket it is in now. A bucket that already left
+    /// the window has nothing left to move: `amount` is counted again from `now`.
+    pub fn restamp(&mut self, bucket: BucketId, amount: f64, now: Micros) -> BucketId {
+        self.advance(now);
+        if bucket >= self.head {
+            return bucket;
+        }
+        let amount = amount.max(0.0);
+        if bucket + self.n < self.head {
+            self.ring[self.head_slot] += amount;
+            self.sum += amount;
+            return self.head;
+        }
+        let from = self.slot(bucket);
+        let moved = amount.min(self.ring[from]);
+        self.ring[from] -= moved;
+        self.ring[self.head_slot] += moved;
+        self.head
+    }
+
     /// Adds `delta` (may be negative) to what `bucket` holds, if it is still counted.
     /// A bucket never goes below zero.
     pub fn adjust(&mut self, bucket: BucketId, delta: f64, now: Micros) {
@@ -226,6 +253,34 @@ mod tests {
         assert_eq!((w.width, w.n), (1, 10));
         let w = RollingWindow::new(0);
         assert_eq!((w.width, w.n), (1, 1));
+    }
+
+    #[test]
+    fn restamp_moves_a_reservation_to_the_bucket_it_leaves_in() {
+        let mut w = RollingWindow::new(64 * SECOND); // 1 s buckets
+        let b0 = w.add(5.0, T0);
+        w.add(2.0, T0 + 500_000);
+        // Still in its bucket: nothing moves.
+        assert_eq!(w.restamp(b0, 5.0, T0 + 900_000), b0);
+        assert_eq!(w.ring[w.slot(b0)], 7.0);
+        // Ten buckets later: the 5 move to the head, the sum is unchanged.
+        let b = w.restamp(b0, 5.0, T0 + 10 * SECOND);
+        assert_eq!(b, b0 + 10);
+        assert_eq!(
+            (w.ring[w.slot(b0)], w.ring[w.slot(b)], w.sum),
+            (2.0, 5.0, 7.0)
+        );
+        // So they leave the window ten seconds after the 2 that stayed.
+        assert_eq!(w.used(T0 + 65 * SECOND), 5.0);
+        assert_eq!(w.used(T0 + 75 * SECOND), 0.0);
+        // A reservation whose bucket already left is counted again from now.
+        let late = w.add(3.0, T0 + 100 * SECOND);
+        let b = w.restamp(late, 3.0, T0 + 200 * SECOND);
+        assert_eq!((b, w.used(T0 + 200 * SECOND)), (late + 100, 3.0));
+        // Never more than the bucket holds (a clock that went backwards, say).
+        let first = w.add(1.0, T0 + 201 * SECOND);
+        let b = w.restamp(first, 4.0, T0 + 202 * SECOND);
+        assert_eq!((w.ring[w.slot(first)], w.ring[w.slot(b)]), (0.0, 1.0));
     }
 
     #[test]

@@ -32,6 +32,32 @@ impl ProviderState {
         self.finish(reservation, Some(&estimate), now);
     }
 
+    /// The call is leaving now (`now`, later than its admission): its rolling-window counts
+    /// move to the buckets of `now`, so a window counts the call from when the upstream
+    /// gets it, not from its admission. What it waited for in between (a new upstream
+    /// connection, a TLS handshake) would otherwise end its window that much early, and a
+    /// call admitted then could reach the upstream less than a window after it. Other kinds
+    /// count the call where it was admitted: a calendar period does not end in the time a
+    /// connection takes (at its edge the call counts in the earlier period), and a token
+    /// bucket or concurrency gauge does not depend on it. Cheap to call early: nothing moves
+    /// before the reservation's newest bucket ends.
+    pub fn restamp(&mut self, res: &mut Reservation, now: Micros) {
+        if res.state_id != self.id || now < res.restamp_after {
+            return;
+        }
+        let mut after = Micros::MAX;
+        for item in res.items.iter_mut() {
+            let Some(slot) = self.resolve(res.generation, item.slot) else {
+                continue;
+            };
+            if let Meter::Rolling(w) = &mut self.slots[slot].meter {
+                item.tag = w.restamp(item.tag, item.cost, now);
+                after = after.min(w.head_end());
+            }
+        }
+        res.restamp_after = after;
+    }
+
     fn finish(&mut self, res: Reservation, actual: Option<&Costs>, now: Micros) {
         if res.state_id != self.id {
             return;

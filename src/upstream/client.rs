@@ -180,9 +180,18 @@ impl UpstreamClient {
     /// Sends `req` (an absolute URI) on a pooled or new connection: h2 only if `req` is an
     /// HTTP/2 request and TLS negotiates it. On HTTP/1.1 a missing `Host` is set from the URI
     /// and the target is sent in origin form; HTTP/2 carries the authority as `:authority`.
-    pub async fn request(
+    pub async fn request(&self, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
+        self.request_then(req, || {}).await
+    }
+
+    /// [`request`](Self::request), calling `connected` each time a new connection is ready
+    /// for `req`, just before `req` is written to it: a metered call restamps its permit
+    /// there, since a connection (a TLS handshake especially) can take a noticeable part of
+    /// a window. A pooled connection is ready at once, and calls nothing.
+    pub async fn request_then(
         &self,
         mut req: Request<Body>,
+        mut connected: impl FnMut(),
     ) -> Result<Response<Incoming>, UpstreamError> {
         // Taken out of the request: HTTP/1.1 sends the origin form, HTTP/2 puts it back.
         let uri = std::mem::take(req.uri_mut());
@@ -194,7 +203,11 @@ impl UpstreamClient {
             let sender = match self.checkout(&key, now) {
                 Some(s) => s,
                 // Boxed: the connect future is large, and the request future is moved.
-                None => Box::pin(self.connect(&key)).await?,
+                None => {
+                    let sender = Box::pin(self.connect(&key)).await?;
+                    connected();
+                    sender
+                }
             };
             let sent = match sender {
                 Sender::H1(mut s) => {

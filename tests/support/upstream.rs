@@ -113,14 +113,36 @@ impl MockUpstream {
         Self::start(handler, Some(server_config(leaf, &["http/1.1"]))).await
     }
 
+    /// [`tls_h1_only`](Self::tls_h1_only) whose every new connection waits `delay` before
+    /// its TLS handshake (an upstream far away, or busy): a connection is ready `delay`
+    /// after the proxy opens it.
+    pub async fn tls_h1_only_slow(handler: Handler, leaf: &Leaf, delay: Duration) -> MockUpstream {
+        let tls = server_config(leaf, &["http/1.1"]);
+        Self::start_with(handler, Some(tls), delay).await
+    }
+
     async fn start(handler: Handler, tls: Option<Arc<rustls::ServerConfig>>) -> MockUpstream {
+        Self::start_with(handler, tls, Duration::ZERO).await
+    }
+
+    async fn start_with(
+        handler: Handler,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        handshake_delay: Duration,
+    ) -> MockUpstream {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind mock upstream");
         let addr = listener.local_addr().expect("mock addr");
         let shared = Arc::new(Shared::default());
         let is_tls = tls.is_some();
-        let accept = tokio::spawn(accept_loop(listener, handler, tls, shared.clone()));
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            handler,
+            tls,
+            handshake_delay,
+            shared.clone(),
+        ));
         MockUpstream {
             addr,
             tls: is_tls,
@@ -219,6 +241,7 @@ async fn accept_loop(
     listener: TcpListener,
     handler: Handler,
     tls: Option<Arc<rustls::ServerConfig>>,
+    handshake_delay: Duration,
     shared: Arc<Shared>,
 ) {
     loop {
@@ -235,6 +258,7 @@ async fn accept_loop(
                     serve(stream, h2, None, handler, shared).await;
                 }
                 Some(cfg) => {
+                    tokio::time::sleep(handshake_delay).await;
                     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
                     let Ok(tls_stream) = acceptor.accept(stream).await else {
                         return;
