@@ -45,208 +45,220 @@ struct Head {
     headers: http::HeaderMap,
 }
 
-pub async fn send(
-    call: Call<'_>,
+/// Sends one metered call: estimate, admit, send, read the signals, retry, and stream the
+/// answer back through the usage tap.
+///
+/// A plain function around an async block: an `async fn` keeps each argument twice in its
+/// state (as the argument and as the local it is moved into), and the per-request future,
+/// copied whole into its box, is that much larger (the request's parts are 224 bytes; the
+/// copy went from 5,240 to 4,744 bytes).
+pub fn send<'a>(
+    call: Call<'a>,
     parts: http::request::Parts,
     incoming: Incoming,
-) -> Result<Response<Body>, ProxyError> {
-    let p = call.provider;
+) -> impl std::future::Future<Output = Result<Response<Body>, ProxyError>> + Send + 'a {
     let mut head = Head {
         method: parts.method,
         uri: parts.uri,
         version: parts.version,
         headers: parts.headers,
     };
-    let mut body = body::buffer(incoming, call.config.proxy.max_body_buffer).await?;
-    let path = head.uri.path().to_string();
-    let strip_usage = add_include_usage(p, &path, &mut body, &mut head.headers);
-    let estimate = {
-        let averages = p.averages.lock().unwrap_or_else(|e| e.into_inner());
-        let info = quota::RequestInfo {
-            method: head.method.as_str(),
-            path: &path,
-            query: head.uri.query(),
-            body: body.whole().map(|b| &b[..]),
+    async move {
+        let p = call.provider;
+        let mut body = body::buffer(incoming, call.config.proxy.max_body_buffer).await?;
+        let path = head.uri.path().to_string();
+        let strip_usage = add_include_usage(p, &path, &mut body, &mut head.headers);
+        let estimate = {
+            let averages = p.averages.lock().unwrap_or_else(|e| e.into_inner());
+            let info = quota::RequestInfo {
+                method: head.method.as_str(),
+                path: &path,
+                query: head.uri.query(),
+                body: body.whole().map(|b| &b[..]),
+            };
+            p.costs.estimate(&info, &averages)
         };
-        p.costs.estimate(&info, &averages)
-    };
-    let costs = estimate.costs;
-    let needs = learned_needs(&costs);
-    let priority = call.hints.priority;
-    let app_key = match p.secrets.is_empty() {
-        true => {
-            keys::inject::app_credential(&head.headers, head.uri.query(), &p.config.keys.inject)
-                .map(|c| keys::inject::credential_id(&c))
-        }
-        false => None,
-    };
-    let retry = &p.config.retry;
-    let replayable = body.whole().is_some_and(|b| b.len() <= retry.max_body);
-    let idempotent = matches!(
-        head.method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
-    );
-    let arrival = call.engine.clock().now();
-    let budget_end = arrival + budget(p, call.hints);
-    let mut attempt = 0u32;
-    let mut body = Some(body);
-    loop {
-        attempt += 1;
-        let admitted = admit(
-            &call,
-            &costs,
-            &needs,
-            priority,
-            app_key.as_deref(),
-            arrival,
-            budget_end,
-        )
-        .await?;
-        let key_idx = admitted.key;
-        let key_label = key_idx
-            .and_then(|i| p.config.keys.keys.get(i))
-            .map(|k| k.id.clone())
-            .or_else(|| app_key.clone());
-        let last_try = attempt >= retry.max_attempts || !replayable;
-        let req_body = match (&body, last_try) {
-            (Some(RequestBody::Whole(b)), false) => RequestBody::Whole(b.clone()),
-            _ => body
-                .take()
-                .unwrap_or(RequestBody::Whole(Default::default())),
+        let costs = estimate.costs;
+        let needs = learned_needs(&costs);
+        let priority = call.hints.priority;
+        let app_key = match p.secrets.is_empty() {
+            true => {
+                keys::inject::app_credential(&head.headers, head.uri.query(), &p.config.keys.inject)
+                    .map(|c| keys::inject::credential_id(&c))
+            }
+            false => None,
         };
-        // The last attempt takes the headers; only a retry needs them again.
-        let headers = if last_try {
-            std::mem::take(&mut head.headers)
-        } else {
-            head.headers.clone()
-        };
-        let request = build_request(p, &head, headers, req_body, key_idx)?;
-        let mut permit = admitted.permit;
-        permit.mark_sent();
-        // The engine's clock times the call too: the read after the answer serves both.
-        let clock = call.engine.clock();
-        let started = clock.now();
-        // A new upstream connection may take a while (a TLS handshake): the windows count
-        // the call from when it goes out on it.
-        let sent = call
-            .timer
-            .timeout(
-                call.config.proxy.upstream_timeout,
-                call.client
-                    .request_then(request, || permit.restamp(clock.now())),
+        let retry = &p.config.retry;
+        let replayable = body.whole().is_some_and(|b| b.len() <= retry.max_body);
+        let idempotent = matches!(
+            head.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+        );
+        let arrival = call.engine.clock().now();
+        let budget_end = arrival + budget(p, call.hints);
+        let mut attempt = 0u32;
+        let mut body = Some(body);
+        loop {
+            attempt += 1;
+            let admitted = admit(
+                &call,
+                &costs,
+                &needs,
+                priority,
+                app_key.as_deref(),
+                arrival,
+                budget_end,
             )
-            .await;
-        let now = call.engine.clock().now();
-        p.metrics
-            .upstream_duration()
-            .record(now.saturating_sub(started) as f64 / 1e6);
-        let resp = match sent {
-            Some(Ok(resp)) => resp,
-            failed => {
-                end_key(p, key_idx);
-                p.metrics.count("upstream_error");
-                record(
-                    p,
-                    call.engine,
-                    Bucket {
-                        requests: 1,
-                        upstream_errors: 1,
-                        ..Bucket::default()
-                    },
-                );
-                // Never reached an answer: the estimate stays charged only if bytes may have
-                // reached the upstream; a connect failure costs nothing.
-                return Err(match failed {
-                    None => ProxyError::GatewayTimeout(crate::config::format_duration(
-                        call.config.proxy.upstream_timeout,
-                    )),
-                    Some(Err(e)) => {
-                        if e.is_connect() {
-                            permit.cancel();
+            .await?;
+            let key_idx = admitted.key;
+            let key_label = key_idx
+                .and_then(|i| p.config.keys.keys.get(i))
+                .map(|k| k.id.clone())
+                .or_else(|| app_key.clone());
+            let last_try = attempt >= retry.max_attempts || !replayable;
+            let req_body = match (&body, last_try) {
+                (Some(RequestBody::Whole(b)), false) => RequestBody::Whole(b.clone()),
+                _ => body
+                    .take()
+                    .unwrap_or(RequestBody::Whole(Default::default())),
+            };
+            // The last attempt takes the headers; only a retry needs them again.
+            let headers = if last_try {
+                std::mem::take(&mut head.headers)
+            } else {
+                head.headers.clone()
+            };
+            let request = build_request(p, &head, headers, req_body, key_idx)?;
+            let mut permit = admitted.permit;
+            permit.mark_sent();
+            // The engine's clock times the call too: the read after the answer serves both.
+            let clock = call.engine.clock();
+            let started = clock.now();
+            // A new upstream connection may take a while (a TLS handshake): the windows count
+            // the call from when it goes out on it.
+            let sent = call
+                .timer
+                .timeout(
+                    call.config.proxy.upstream_timeout,
+                    call.client
+                        .request_then(request, || permit.restamp(clock.now())),
+                )
+                .await;
+            let now = call.engine.clock().now();
+            p.metrics
+                .upstream_duration()
+                .record(now.saturating_sub(started) as f64 / 1e6);
+            let resp = match sent {
+                Some(Ok(resp)) => resp,
+                failed => {
+                    end_key(p, key_idx);
+                    p.metrics.count("upstream_error");
+                    record(
+                        p,
+                        call.engine,
+                        Bucket {
+                            requests: 1,
+                            upstream_errors: 1,
+                            ..Bucket::default()
+                        },
+                    );
+                    // Never reached an answer: the estimate stays charged only if bytes may have
+                    // reached the upstream; a connect failure costs nothing.
+                    return Err(match failed {
+                        None => ProxyError::GatewayTimeout(crate::config::format_duration(
+                            call.config.proxy.upstream_timeout,
+                        )),
+                        Some(Err(e)) => {
+                            if e.is_connect() {
+                                permit.cancel();
+                            }
+                            // The authority only: the path and query may carry a credential.
+                            let authority = head.uri.authority().map_or("upstream", |a| a.as_str());
+                            ProxyError::BadGateway(super::forward::describe_client_error(
+                                authority, &e,
+                            ))
                         }
-                        // The authority only: the path and query may carry a credential.
-                        let authority = head.uri.authority().map_or("upstream", |a| a.as_str());
-                        ProxyError::BadGateway(super::forward::describe_client_error(authority, &e))
-                    }
-                    Some(Ok(_)) => ProxyError::BadGateway("unreachable".into()),
-                });
-            }
-        };
-        let status = resp.status().as_u16();
-        let mut sig = signals::from_headers(&p.families, &p.custom, status, resp.headers(), now);
-        let resp = if status >= 400 {
-            read_error_body(p, resp, &mut sig, now).await
-        } else {
-            resp.map(box_incoming)
-        };
-        settle::observe_key(p, key_idx, key_label.as_deref(), status, &sig, now);
-        let retriable =
-            retry.on.contains(&status) && (status == 429 || idempotent || retry.any_method);
-        // One clock read serves the rest of this attempt (stats, headroom, headers).
-        p.stats.record(
-            now,
-            Bucket {
-                requests: 1,
-                upstream_429: u64::from(status == 429),
-                upstream_errors: u64::from(status >= 500),
-                delayed: u64::from(admitted.delayed > 0 && attempt == 1),
-                ..Bucket::default()
-            },
-        );
-        if retriable && !last_try {
-            end_key(p, key_idx);
-            permit.settle(&Costs::ZERO.with(quota::Unit::Requests, 1.0));
-            metrics::counter!("quota_proxy_retries_total", "provider" => p.config.name.clone(), "reason" => status.to_string()).increment(1);
-            if !wait_before_retry(&call, status, &sig, now, budget_end, attempt, &needs).await {
-                return Ok(finish_plain(
-                    p,
-                    resp,
-                    key_label.as_deref(),
-                    admitted.delayed,
-                ));
-            }
-            continue;
-        }
-        let shared_room = permit.shared_headroom(now);
-        let settlement = Settlement {
-            provider: p.clone(),
-            permit,
-            key: key_idx,
-            key_label: key_label.clone(),
-            estimate: costs,
-            model: estimate.model.clone(),
-            route: path,
-            upstream_cost: sig.cost,
-            clock: call.engine.clock().clone(),
-        };
-        let delayed = admitted.delayed;
-        let outcome = match (status, delayed) {
-            (429, _) => "upstream_429",
-            (_, d) if d > 0 => "delayed",
-            _ => "forwarded",
-        };
-        p.metrics.count(outcome);
-        if delayed > 0 {
-            p.metrics.delay().record(delayed as f64 / 1e6);
-        }
-        let resp = settle::tap_response(resp, settlement, strip_usage);
-        let mut resp = decorate(
-            now,
-            p,
-            resp,
-            key_label.as_deref(),
-            delayed,
-            call.hints,
-            shared_room,
-        );
-        if retriable && !replayable {
-            // Say why an answer the proxy would have retried was not.
-            resp.headers_mut().insert(
-                "x-quota-proxy-retry",
-                HeaderValue::from_static("skipped: request body larger than retry.max_body"),
+                        Some(Ok(_)) => ProxyError::BadGateway("unreachable".into()),
+                    });
+                }
+            };
+            let status = resp.status().as_u16();
+            let mut sig =
+                signals::from_headers(&p.families, &p.custom, status, resp.headers(), now);
+            let resp = if status >= 400 {
+                read_error_body(p, resp, &mut sig, now).await
+            } else {
+                resp.map(box_incoming)
+            };
+            settle::observe_key(p, key_idx, key_label.as_deref(), status, &sig, now);
+            let retriable =
+                retry.on.contains(&status) && (status == 429 || idempotent || retry.any_method);
+            // One clock read serves the rest of this attempt (stats, headroom, headers).
+            p.stats.record(
+                now,
+                Bucket {
+                    requests: 1,
+                    upstream_429: u64::from(status == 429),
+                    upstream_errors: u64::from(status >= 500),
+                    delayed: u64::from(admitted.delayed > 0 && attempt == 1),
+                    ..Bucket::default()
+                },
             );
+            if retriable && !last_try {
+                end_key(p, key_idx);
+                permit.settle(&Costs::ZERO.with(quota::Unit::Requests, 1.0));
+                metrics::counter!("quota_proxy_retries_total", "provider" => p.config.name.clone(), "reason" => status.to_string()).increment(1);
+                if !wait_before_retry(&call, status, &sig, now, budget_end, attempt, &needs).await {
+                    return Ok(finish_plain(
+                        p,
+                        resp,
+                        key_label.as_deref(),
+                        admitted.delayed,
+                    ));
+                }
+                continue;
+            }
+            let shared_room = permit.shared_headroom(now);
+            let settlement = Settlement {
+                provider: p.clone(),
+                permit,
+                key: key_idx,
+                key_label: key_label.clone(),
+                estimate: costs,
+                model: estimate.model.clone(),
+                route: path,
+                upstream_cost: sig.cost,
+                clock: call.engine.clock().clone(),
+            };
+            let delayed = admitted.delayed;
+            let outcome = match (status, delayed) {
+                (429, _) => "upstream_429",
+                (_, d) if d > 0 => "delayed",
+                _ => "forwarded",
+            };
+            p.metrics.count(outcome);
+            if delayed > 0 {
+                p.metrics.delay().record(delayed as f64 / 1e6);
+            }
+            let resp = settle::tap_response(resp, settlement, strip_usage);
+            let mut resp = decorate(
+                now,
+                p,
+                resp,
+                key_label.as_deref(),
+                delayed,
+                call.hints,
+                shared_room,
+            );
+            if retriable && !replayable {
+                // Say why an answer the proxy would have retried was not.
+                resp.headers_mut().insert(
+                    "x-quota-proxy-retry",
+                    HeaderValue::from_static("skipped: request body larger than retry.max_body"),
+                );
+            }
+            return Ok(resp);
         }
-        return Ok(resp);
     }
 }
 
