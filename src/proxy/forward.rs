@@ -2,6 +2,7 @@
 //! caller hints → destination + policy → upstream request → streamed response.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use tokio::time::Instant;
@@ -144,163 +145,172 @@ impl Destination {
     }
 }
 
-pub async fn handle(
-    shared: &Shared,
-    runtime: &Arc<Runtime>,
-    conn: &ConnInfo,
+/// Forwards one request that is not a tunnel's CONNECT: absolute-form, route mode, or one
+/// inside an intercepted tunnel; a provider's calls go through `metered::send`.
+///
+/// A plain function around an async block, as `metered::send` (an `async fn` would keep the
+/// request twice in the per-request future).
+#[allow(clippy::manual_async_fn)]
+pub fn handle<'a>(
+    shared: &'a Shared,
+    runtime: &'a Arc<Runtime>,
+    conn: &'a ConnInfo,
     mut req: Request<Incoming>,
-) -> Result<Response<Body>, ProxyError> {
-    let config = &runtime.config;
-    let mut hints =
-        headers::take_caller_hints(req.headers_mut()).map_err(ProxyError::BadRequest)?;
-    check_proxy_auth(config, &hints, conn)?;
-    if let Some(icpt) = &conn.intercepted {
-        if req.method() == http::Method::CONNECT {
-            return Err(ProxyError::BadRequest(
-                "CONNECT inside an intercepted tunnel is not supported".into(),
-            ));
+) -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send + 'a {
+    async move {
+        let config = &runtime.config;
+        let mut hints =
+            headers::take_caller_hints(req.headers_mut()).map_err(ProxyError::BadRequest)?;
+        check_proxy_auth(config, &hints, conn)?;
+        if let Some(icpt) = &conn.intercepted {
+            if req.method() == http::Method::CONNECT {
+                return Err(ProxyError::BadRequest(
+                    "CONNECT inside an intercepted tunnel is not supported".into(),
+                ));
+            }
+            if !req.headers().contains_key(headers::CLIENT_HEADER)
+                && hints.client == headers::ANONYMOUS
+            {
+                hints.client = icpt.client.clone().into();
+            }
         }
-        if !req.headers().contains_key(headers::CLIENT_HEADER) && hints.client == headers::ANONYMOUS
-        {
-            hints.client = icpt.client.clone().into();
+        let mut dest = destination(runtime, conn, &req)?;
+        if let Some(p) = &dest.provider {
+            refuse_clear_text_key(p, &dest)?;
         }
-    }
-    let mut dest = destination(runtime, conn, &req)?;
-    if let Some(p) = &dest.provider {
-        refuse_clear_text_key(p, &dest)?;
-    }
-    let label = dest
-        .provider
-        .as_ref()
-        .map_or("unmatched", |p| p.name.as_str());
-    // The request's own authority when it spells the destination as `authority()` would:
-    // the URI's in the usual absolute-form call, the Host header's in an intercepted one
-    // (origin-form). Nothing to build then.
-    let req_authority = req.uri().authority().cloned();
-    let req_host = match (&req_authority, &conn.intercepted) {
-        (None, Some(_)) => req.headers().get(header::HOST).cloned(),
-        _ => None,
-    };
-    let spelled = req_authority
-        .as_ref()
-        .map(|a| a.as_str())
-        .or_else(|| req_host.as_ref().and_then(|h| h.to_str().ok()))
-        .filter(|a| dest.spelled.unwrap_or_else(|| dest.spelled_by(a)));
-    let original_authority: Cow<'_, str> = match spelled {
-        Some(a) => Cow::Borrowed(a),
-        None => Cow::Owned(dest.authority()),
-    };
-    if dest.provider.is_none() {
-        if config.proxy.unmatched == Unmatched::Deny {
-            count(label, "denied");
-            return Err(ProxyError::Forbidden(format!(
-                "{} is not a configured provider and unmatched = \"deny\"",
-                dest.host
-            )));
-        }
-        // Resolve once and pin the address, so the policy check and the connection agree.
-        let addr = resolve_checked(
-            config,
-            &dest.host,
-            dest.port,
-            !config.proxy.allow_private_destinations,
-        )
-        .await?;
-        dest.host = addr.ip().to_string().into();
-    }
-
-    let (mut parts, body) = req.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
-    // Unmatched: the URI carries the pinned address, so its authority is built again.
-    let pinned;
-    let authority: &str = if dest.provider.is_none() {
-        pinned = dest.authority();
-        &pinned
-    } else {
-        &original_authority
-    };
-    if dest.provider.is_none() {
-        // The URI carries the pinned address; Host keeps the name the client asked for.
-        let host = HeaderValue::from_str(&original_authority)
-            .map_err(|_| ProxyError::BadRequest("invalid host".into()))?;
-        parts.headers.insert(header::HOST, host);
-    } else {
-        // A provider's upstream gets the Host the upstream client sets from the upstream
-        // authority; a request already carrying exactly that (the usual absolute-form call)
-        // keeps it, sparing a removal and an insertion. (Only one Host is ever let through.)
-        let want = crate::upstream::host_header(authority, dest.https);
-        if parts.headers.get(header::HOST).map(HeaderValue::as_bytes) != Some(want.as_bytes()) {
-            parts.headers.remove(header::HOST);
-        }
-    }
-    if let Some(uri) = upstream_uri(&dest, authority, &parts.uri)? {
-        parts.uri = uri;
-    }
-    // An h2 client's request may go upstream over h2 (when TLS negotiates it); anything
-    // else over HTTP/1.1 (see `upstream::client`).
-    if parts.version != http::Version::HTTP_2 {
-        parts.version = http::Version::HTTP_11;
-    }
-    let handle = match &dest.handle {
-        Some(h) => Some(h),
-        None => dest
+        let label = dest
             .provider
             .as_ref()
-            .and_then(|p| runtime.provider(&p.name)),
-    };
-    if let Some(provider) = handle {
-        let call = super::metered::Call {
-            provider,
-            engine: &shared.persistent.engine,
-            client: &runtime.client,
-            config,
-            hints: &hints,
-            timer: &conn.upstream_timer,
+            .map_or("unmatched", |p| p.name.as_str());
+        // The request's own authority when it spells the destination as `authority()` would:
+        // the URI's in the usual absolute-form call, the Host header's in an intercepted one
+        // (origin-form). Nothing to build then.
+        let req_authority = req.uri().authority().cloned();
+        let req_host = match (&req_authority, &conn.intercepted) {
+            (None, Some(_)) => req.headers().get(header::HOST).cloned(),
+            _ => None,
         };
-        return super::metered::send(call, parts, body).await;
-    }
-    let upstream_req =
-        Request::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed());
+        let spelled = req_authority
+            .as_ref()
+            .map(|a| a.as_str())
+            .or_else(|| req_host.as_ref().and_then(|h| h.to_str().ok()))
+            .filter(|a| dest.spelled.unwrap_or_else(|| dest.spelled_by(a)));
+        let original_authority: Cow<'_, str> = match spelled {
+            Some(a) => Cow::Borrowed(a),
+            None => Cow::Owned(dest.authority()),
+        };
+        if dest.provider.is_none() {
+            if config.proxy.unmatched == Unmatched::Deny {
+                count(label, "denied");
+                return Err(ProxyError::Forbidden(format!(
+                    "{} is not a configured provider and unmatched = \"deny\"",
+                    dest.host
+                )));
+            }
+            // Resolve once and pin the address, so the policy check and the connection agree.
+            let addr = resolve_checked(
+                config,
+                &dest.host,
+                dest.port,
+                !config.proxy.allow_private_destinations,
+            )
+            .await?;
+            dest.host = addr.ip().to_string().into();
+        }
 
-    let started = Instant::now();
-    let sent = conn
-        .upstream_timer
-        .timeout(
-            config.proxy.upstream_timeout,
-            runtime.client.request(upstream_req),
-        )
-        .await;
-    let elapsed = started.elapsed();
-    crate::telemetry::handles::upstream_duration(label).record(elapsed.as_secs_f64());
-    let resp = match sent {
-        None => {
-            count(label, "upstream_error");
-            return Err(ProxyError::GatewayTimeout(crate::config::format_duration(
+        let (mut parts, body) = req.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        // Unmatched: the URI carries the pinned address, so its authority is built again.
+        let pinned;
+        let authority: &str = if dest.provider.is_none() {
+            pinned = dest.authority();
+            &pinned
+        } else {
+            &original_authority
+        };
+        if dest.provider.is_none() {
+            // The URI carries the pinned address; Host keeps the name the client asked for.
+            let host = HeaderValue::from_str(&original_authority)
+                .map_err(|_| ProxyError::BadRequest("invalid host".into()))?;
+            parts.headers.insert(header::HOST, host);
+        } else {
+            // A provider's upstream gets the Host the upstream client sets from the upstream
+            // authority; a request already carrying exactly that (the usual absolute-form call)
+            // keeps it, sparing a removal and an insertion. (Only one Host is ever let through.)
+            let want = crate::upstream::host_header(authority, dest.https);
+            if parts.headers.get(header::HOST).map(HeaderValue::as_bytes) != Some(want.as_bytes()) {
+                parts.headers.remove(header::HOST);
+            }
+        }
+        if let Some(uri) = upstream_uri(&dest, authority, &parts.uri)? {
+            parts.uri = uri;
+        }
+        // An h2 client's request may go upstream over h2 (when TLS negotiates it); anything
+        // else over HTTP/1.1 (see `upstream::client`).
+        if parts.version != http::Version::HTTP_2 {
+            parts.version = http::Version::HTTP_11;
+        }
+        let handle = match &dest.handle {
+            Some(h) => Some(h),
+            None => dest
+                .provider
+                .as_ref()
+                .and_then(|p| runtime.provider(&p.name)),
+        };
+        if let Some(provider) = handle {
+            let call = super::metered::Call {
+                provider,
+                engine: &shared.persistent.engine,
+                client: &runtime.client,
+                config,
+                hints: &hints,
+                timer: &conn.upstream_timer,
+            };
+            return super::metered::send(call, parts, body).await;
+        }
+        let upstream_req =
+            Request::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed());
+
+        let started = Instant::now();
+        let sent = conn
+            .upstream_timer
+            .timeout(
                 config.proxy.upstream_timeout,
-            )));
-        }
-        Some(Err(e)) => {
-            count(label, "upstream_error");
-            return Err(ProxyError::BadGateway(describe_client_error(
-                &original_authority,
-                &e,
-            )));
-        }
-        Some(Ok(resp)) => resp,
-    };
-    let outcome = match (dest.provider.is_some(), resp.status().as_u16()) {
-        (false, _) => "tunneled",
-        (true, 429) => "upstream_429",
-        (true, _) => "forwarded",
-    };
-    count(label, outcome);
-    let (mut parts, body) = resp.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
-    parts.version = http::Version::HTTP_11;
-    Ok(Response::from_parts(
-        parts,
-        body.map_err(|e| Box::new(e) as BoxError).boxed(),
-    ))
+                runtime.client.request(upstream_req),
+            )
+            .await;
+        let elapsed = started.elapsed();
+        crate::telemetry::handles::upstream_duration(label).record(elapsed.as_secs_f64());
+        let resp = match sent {
+            None => {
+                count(label, "upstream_error");
+                return Err(ProxyError::GatewayTimeout(crate::config::format_duration(
+                    config.proxy.upstream_timeout,
+                )));
+            }
+            Some(Err(e)) => {
+                count(label, "upstream_error");
+                return Err(ProxyError::BadGateway(describe_client_error(
+                    &original_authority,
+                    &e,
+                )));
+            }
+            Some(Ok(resp)) => resp,
+        };
+        let outcome = match (dest.provider.is_some(), resp.status().as_u16()) {
+            (false, _) => "tunneled",
+            (true, 429) => "upstream_429",
+            (true, _) => "forwarded",
+        };
+        count(label, outcome);
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        parts.version = http::Version::HTTP_11;
+        Ok(Response::from_parts(
+            parts,
+            body.map_err(|e| Box::new(e) as BoxError).boxed(),
+        ))
+    }
 }
 
 /// SPEC §12: with `[proxy.auth]`, every call needs the proxy password (on the CONNECT for

@@ -15,6 +15,7 @@ mod metered;
 mod settle;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -83,23 +84,29 @@ pub struct Intercepted {
 }
 
 /// Serves one request: never fails, every error becomes a response.
-pub async fn handle(
+///
+/// A plain function around an async block, as `metered::send` (an `async fn` would keep the
+/// request twice in the per-request future).
+#[allow(clippy::manual_async_fn)]
+pub fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
-    let runtime = shared.runtime.load_full();
-    let result = if let Err(e) = check_host_headers(&req) {
-        Err(e)
-    } else if req.method() == Method::CONNECT && conn.intercepted.is_none() {
-        connect::handle(&shared, &runtime, &conn, req).await
-    } else {
-        forward::handle(&shared, &runtime, &conn, req).await
-    };
-    Ok(result.unwrap_or_else(|e| {
-        tracing::debug!(status = e.status().as_u16(), error = %e, "refused");
-        e.into_response()
-    }))
+) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send {
+    async move {
+        let runtime = shared.runtime.load_full();
+        let result = if let Err(e) = check_host_headers(&req) {
+            Err(e)
+        } else if req.method() == Method::CONNECT && conn.intercepted.is_none() {
+            connect::handle(&shared, &runtime, &conn, req).await
+        } else {
+            forward::handle(&shared, &runtime, &conn, req).await
+        };
+        Ok(result.unwrap_or_else(|e| {
+            tracing::debug!(status = e.status().as_u16(), error = %e, "refused");
+            e.into_response()
+        }))
+    }
 }
 
 /// `host[:port]` split, with IPv6 brackets removed and the host lower-cased.
