@@ -111,9 +111,9 @@ impl Meter {
         }
     }
 
-    /// When a reservation counted now would first land in an older bucket than a call
-    /// sent then: the end of a rolling window's newest bucket (`None` for other kinds, which
-    /// count a call where it was admitted).
+    /// Until when a call sent would still land in the bucket a call counted now lands in:
+    /// the end of a rolling window's newest bucket (`None` for other kinds, which count a
+    /// call where it was admitted).
     #[inline]
     pub fn restamp_after(&self) -> Option<Micros> {
         match self {

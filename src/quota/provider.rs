@@ -155,7 +155,6 @@ impl ProviderHandle {
         })
     }
 
-    /// Settles (`Some(actual)`) or cancels (`None`), then wakes the queue.
     /// See [`ProviderState::restamp`]; the lock is taken only when a count moves.
     pub(crate) fn restamp(&self, r: &mut Reservation, now: Micros) {
         if now >= r.restamp_after {
@@ -163,6 +162,7 @@ impl ProviderHandle {
         }
     }
 
+    /// Settles (`Some(actual)`) or cancels (`None`), then wakes the queue.
     pub(crate) fn settle(&self, mut r: Reservation, actual: Option<&Costs>) {
         if let Some(ticket) = r.shared.take() {
             self.settle_shared(&ticket, actual);
