@@ -50,8 +50,8 @@ struct Head {
 ///
 /// A plain function around an async block: an `async fn` keeps each argument twice in its
 /// state (as the argument and as the local it is moved into), and the per-request future,
-/// copied whole into its box, is that much larger (the request's parts are 224 bytes; the
-/// copy went from 5,240 to 4,744 bytes).
+/// copied whole into its box, would be that much larger (the request's parts are 224 bytes;
+/// see docs/performance.md).
 pub fn send<'a>(
     call: Call<'a>,
     parts: http::request::Parts,
