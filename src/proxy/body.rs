@@ -29,6 +29,8 @@ impl RequestBody {
     /// A body to send (clones the bytes of a whole body; consumes a partial one).
     pub fn into_body(self) -> Body {
         match self {
+            // An empty body is a zero-sized one, so boxing it allocates nothing.
+            RequestBody::Whole(b) if b.is_empty() => super::error::empty(),
             RequestBody::Whole(b) => Full::new(b).map_err(|never| match never {}).boxed(),
             RequestBody::Partial { head, rest } => {
                 let rest = rest.map_err(|e| Box::new(e) as BoxError);
@@ -89,5 +91,53 @@ where
             return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(head))));
         }
         this.rest.poll_frame(cx)
+    }
+}
+
+/// An upstream response's body on the metered path: streamed on from the upstream, or read
+/// whole (a small error body, kept for its signals). One type for both, so the usage tap
+/// wraps either in place and the response is boxed once.
+pub enum ResponseBody {
+    Streamed(Incoming),
+    Read(Full<Bytes>),
+}
+
+impl From<Bytes> for ResponseBody {
+    fn from(bytes: Bytes) -> Self {
+        ResponseBody::Read(Full::new(bytes))
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        // Both bodies are Unpin.
+        match self.get_mut() {
+            ResponseBody::Streamed(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
+            ResponseBody::Read(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Streamed(b) => b.is_end_stream(),
+            ResponseBody::Read(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            ResponseBody::Streamed(b) => b.size_hint(),
+            ResponseBody::Read(b) => b.size_hint(),
+        }
     }
 }

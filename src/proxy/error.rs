@@ -152,8 +152,11 @@ pub fn full(data: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
+/// An empty body: zero-sized, so its box allocates nothing.
 pub fn empty() -> Body {
-    full(Bytes::new())
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// The proxy's own 429 (or 503 for a full queue) for a quota refusal (SPEC §8):

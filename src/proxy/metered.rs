@@ -5,16 +5,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::body::{self, RequestBody};
+use super::body::{self, RequestBody, ResponseBody};
 use super::headers::CallerHints;
 use super::settle::{self, Settlement};
-use super::{error, Body, BoxError, ProxyError};
+use super::{Body, ProxyError};
 use crate::config::{Action, Config, Inject};
 use crate::keys::{self, LearnedUnit};
 use crate::quota::{self, Costs, Demand, KeyOption, Micros, Permit, Priority, Refusal};
@@ -66,13 +67,12 @@ pub fn send<'a>(
     async move {
         let p = call.provider;
         let mut body = body::buffer(incoming, call.config.proxy.max_body_buffer).await?;
-        let path = head.uri.path().to_string();
-        let strip_usage = add_include_usage(p, &path, &mut body, &mut head.headers);
+        let strip_usage = add_include_usage(p, head.uri.path(), &mut body, &mut head.headers);
         let estimate = {
             let averages = p.averages.lock().unwrap_or_else(|e| e.into_inner());
             let info = quota::RequestInfo {
                 method: head.method.as_str(),
-                path: &path,
+                path: head.uri.path(),
                 query: head.uri.query(),
                 body: body.whole().map(|b| &b[..]),
             };
@@ -188,7 +188,7 @@ pub fn send<'a>(
             let resp = if status >= 400 {
                 read_error_body(p, resp, &mut sig, now).await
             } else {
-                resp.map(box_incoming)
+                resp.map(ResponseBody::Streamed)
             };
             settle::observe_key(p, key_idx, key_label.as_deref(), status, &sig, now);
             let retriable =
@@ -211,7 +211,7 @@ pub fn send<'a>(
                 if !wait_before_retry(&call, status, &sig, now, budget_end, attempt, &needs).await {
                     return Ok(finish_plain(
                         p,
-                        resp,
+                        resp.map(BodyExt::boxed),
                         key_label.as_deref(),
                         admitted.delayed,
                     ));
@@ -226,7 +226,7 @@ pub fn send<'a>(
                 key_label: key_label.clone(),
                 estimate: costs,
                 model: estimate.model.clone(),
-                route: path,
+                uri: head.uri.clone(),
                 upstream_cost: sig.cost,
                 clock: call.engine.clock().clone(),
             };
@@ -498,14 +498,14 @@ async fn read_error_body(
     resp: Response<Incoming>,
     sig: &mut signals::Signals,
     now: Micros,
-) -> Response<Body> {
+) -> Response<ResponseBody> {
     let (parts, incoming) = resp.into_parts();
     let small = incoming
         .size_hint()
         .upper()
         .is_some_and(|n| n as usize <= ERROR_BODY_CAP);
     if !small {
-        return Response::from_parts(parts, box_incoming(incoming));
+        return Response::from_parts(parts, ResponseBody::Streamed(incoming));
     }
     match incoming.collect().await {
         Ok(collected) => {
@@ -518,14 +518,13 @@ async fn read_error_body(
                 now,
                 sig,
             );
-            Response::from_parts(parts, error::full(bytes))
+            Response::from_parts(parts, bytes.into())
         }
-        Err(e) => Response::from_parts(parts, error::full(format!("upstream body failed: {e}"))),
+        Err(e) => Response::from_parts(
+            parts,
+            Bytes::from(format!("upstream body failed: {e}")).into(),
+        ),
     }
-}
-
-fn box_incoming(b: Incoming) -> Body {
-    b.map_err(|e| Box::new(e) as BoxError).boxed()
 }
 
 /// Before a retry: for a 429 with no pool, wait the upstream's Retry-After if it fits the

@@ -2,12 +2,13 @@
 //! learned limits), the usage tap that settles the real cost when the body ends (or the
 //! client leaves), and the tightest limit advertised in `RateLimit` headers.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use http::header::{HeaderValue, InvalidHeaderValue};
 use http::Response;
 use http_body_util::BodyExt;
 
+use super::body::ResponseBody;
 use super::Body;
 use crate::keys::{KeyEvent, Learned};
 use crate::quota::{self, Clock, Costs, Headroom, Micros, Permit, Unit};
@@ -22,7 +23,9 @@ pub struct Settlement {
     pub key_label: Option<String>,
     pub estimate: Costs,
     pub model: Option<String>,
-    pub route: String,
+    /// The request's URI (its path is the route); a clone shares the request's bytes, so
+    /// keeping it costs no copy of the path.
+    pub uri: http::Uri,
     /// Credits the upstream said this call cost (header signal).
     pub upstream_cost: Option<f64>,
     pub clock: Arc<dyn Clock>,
@@ -95,7 +98,11 @@ pub fn observe_key(
 
 /// Wraps the response body in a usage tap; when it ends or is dropped, the call is settled
 /// to its real cost (or, when usage is unknown, kept at the estimate).
-pub fn tap_response(resp: Response<Body>, s: Settlement, strip_usage: bool) -> Response<Body> {
+pub fn tap_response(
+    resp: Response<ResponseBody>,
+    s: Settlement,
+    strip_usage: bool,
+) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     let config = match &s.provider.usage {
         Some(format) => TapConfig::for_response(format.clone(), &parts.headers),
@@ -106,11 +113,8 @@ pub fn tap_response(resp: Response<Body>, s: Settlement, strip_usage: bool) -> R
         parts.headers.remove(http::header::CONTENT_LENGTH);
     }
     let status = parts.status.as_u16();
-    let cell = Mutex::new(Some(s));
     let tapped = UsageTap::new(body, config, move |outcome: TapOutcome| {
-        if let Some(s) = cell.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            settle(s, status, outcome);
-        }
+        settle(s, status, outcome)
     });
     Response::from_parts(parts, tapped.boxed())
 }
@@ -171,7 +175,7 @@ fn settle(s: Settlement, status: u16, outcome: TapOutcome) {
         p.averages
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .observe(&s.route, c);
+            .observe(s.uri.path(), c);
     }
     if status >= 500 || status == 429 {
         // The upstream refused or failed: only the request itself counts.

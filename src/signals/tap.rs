@@ -123,17 +123,16 @@ pub struct TapOutcome {
     pub body: Option<Bytes>,
 }
 
-type Callback = Box<dyn FnOnce(TapOutcome) + Send + Sync>;
-
-struct TapState {
+/// `F` is the callback, kept in place (no box of its own per response).
+struct TapState<F: FnOnce(TapOutcome)> {
     collector: Collector,
-    on_done: Option<Callback>,
+    on_done: Option<F>,
     finished: bool,
     /// A frame to pass on after the held bytes released ahead of it.
     stash: Option<Frame<Bytes>>,
 }
 
-impl TapState {
+impl<F: FnOnce(TapOutcome)> TapState<F> {
     fn fire(&mut self, completed: bool) {
         self.fire_outcome(completed, false);
     }
@@ -149,7 +148,7 @@ impl TapState {
     }
 }
 
-impl Drop for TapState {
+impl<F: FnOnce(TapOutcome)> Drop for TapState<F> {
     fn drop(&mut self) {
         self.fire(false);
     }
@@ -157,25 +156,24 @@ impl Drop for TapState {
 
 pin_project! {
     /// A response body that reads usage as it streams; see the module docs.
-    pub struct UsageTap<B> {
+    pub struct UsageTap<B, F>
+    where
+        F: FnOnce(TapOutcome),
+    {
         #[pin]
         inner: B,
-        state: TapState,
+        state: TapState<F>,
     }
 }
 
-impl<B> UsageTap<B> {
+impl<B, F: FnOnce(TapOutcome)> UsageTap<B, F> {
     /// Wrap `inner`; `on_done` runs exactly once, at the end or when the tap is dropped.
-    pub fn new(
-        inner: B,
-        config: TapConfig,
-        on_done: impl FnOnce(TapOutcome) + Send + Sync + 'static,
-    ) -> Self {
+    pub fn new(inner: B, config: TapConfig, on_done: F) -> Self {
         UsageTap {
             inner,
             state: TapState {
                 collector: Collector::new(config),
-                on_done: Some(Box::new(on_done)),
+                on_done: Some(on_done),
                 finished: false,
                 stash: None,
             },
@@ -183,7 +181,7 @@ impl<B> UsageTap<B> {
     }
 }
 
-impl<B> std::fmt::Debug for UsageTap<B> {
+impl<B, F: FnOnce(TapOutcome)> std::fmt::Debug for UsageTap<B, F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UsageTap")
             .field("finished", &self.state.finished)
@@ -204,9 +202,10 @@ fn concat(a: Bytes, b: Bytes) -> Bytes {
     out.freeze()
 }
 
-impl<B> Body for UsageTap<B>
+impl<B, F> Body for UsageTap<B, F>
 where
     B: Body<Data = Bytes>,
+    F: FnOnce(TapOutcome),
 {
     type Data = Bytes;
     type Error = B::Error;

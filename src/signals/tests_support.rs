@@ -42,7 +42,10 @@ impl Body for Chunks {
 
 pub(crate) type Seen = Arc<Mutex<Vec<TapOutcome>>>;
 
-pub(crate) fn tap<B>(body: B, config: TapConfig) -> (UsageTap<B>, Seen) {
+pub(crate) fn tap<B>(
+    body: B,
+    config: TapConfig,
+) -> (UsageTap<B, impl FnOnce(TapOutcome) + Send + Sync>, Seen) {
     let seen: Seen = Arc::default();
     let s = seen.clone();
     let tap = UsageTap::new(body, config, move |o| s.lock().unwrap().push(o));
