@@ -9,7 +9,7 @@ mod model;
 mod net;
 pub mod presets;
 mod raw;
-mod validate;
+pub(crate) mod validate;
 mod values;
 
 pub use describe::describe;

@@ -121,17 +121,21 @@ pub struct Provider {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTarget {
     pub https: bool,
-    pub host: String,
+    /// Shared with every request's destination (no copy per request).
+    pub host: Arc<str>,
     pub port: u16,
     /// Without a trailing slash; may be empty.
     pub base_path: String,
+    /// The authority route-mode requests carry upstream (the port only when not the
+    /// scheme's default, an IPv6 address in brackets), built once.
+    pub uri_authority: http::uri::Authority,
 }
 
 impl UpstreamTarget {
     pub fn authority(&self) -> String {
         let default = if self.https { 443 } else { 80 };
         if self.port == default {
-            self.host.clone()
+            self.host.to_string()
         } else {
             format!("{}:{}", self.host, self.port)
         }

@@ -68,7 +68,7 @@ pub async fn handle(
             ));
         };
         let icpt = Intercepted {
-            host: host.clone(),
+            host: host.as_str().into(),
             port,
             client: hints.client.to_string(),
             tls: true,

@@ -34,6 +34,8 @@ struct Destination {
     /// Whether the request URI's authority spells the destination as
     /// [`Destination::authority`] would, when the connection's [`LastDestination`] knew.
     spelled: Option<bool>,
+    /// [`Destination::authority`] built once with the config, for a route-mode upstream.
+    authority: Option<Authority>,
 }
 
 /// A connection's last absolute-form destination with a provider. A kept-alive client
@@ -94,6 +96,7 @@ impl DestinationSlot {
             provider: Some(Arc::clone(&last.provider)),
             handle: last.handle.clone(),
             spelled: Some(last.spelled),
+            authority: None,
         })
     }
 
@@ -195,9 +198,10 @@ pub fn handle<'a>(
             .map(|a| a.as_str())
             .or_else(|| req_host.as_ref().and_then(|h| h.to_str().ok()))
             .filter(|a| dest.spelled.unwrap_or_else(|| dest.spelled_by(a)));
-        let original_authority: Cow<'_, str> = match spelled {
-            Some(a) => Cow::Borrowed(a),
-            None => Cow::Owned(dest.authority()),
+        let original_authority: Cow<'_, str> = match (spelled, &dest.authority) {
+            (Some(a), _) => Cow::Borrowed(a),
+            (None, Some(built)) => Cow::Borrowed(built.as_str()),
+            (None, None) => Cow::Owned(dest.authority()),
         };
         if dest.provider.is_none() {
             if config.proxy.unmatched == Unmatched::Deny {
@@ -377,12 +381,13 @@ fn destination(
         check_tunnel_authorities(req, icpt)?;
         return Ok(Destination {
             https: icpt.tls,
-            host: icpt.host.as_str().into(),
+            host: Arc::clone(&icpt.host),
             port: icpt.port,
             provider: policy::match_host(config, &icpt.host, icpt.port).cloned(),
             path_and_query,
             handle: None,
             spelled: None,
+            authority: None,
         });
     }
     if let Some(authority) = uri.authority() {
@@ -415,6 +420,7 @@ fn destination(
             provider,
             handle: None,
             spelled: None,
+            authority: None,
         };
         if let Some(provider) = &dest.provider {
             let handle = runtime.provider(&provider.name).cloned();
@@ -442,16 +448,27 @@ fn destination(
             provider.name
         )));
     };
-    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    // The base path, the rest of the route and the query, in one buffer of their size.
+    let query = uri.query();
+    let mut pq = String::with_capacity(
+        upstream.base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1),
+    );
+    pq.push_str(&upstream.base_path);
+    pq.push_str(rest);
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
     Ok(Destination {
         handle: None,
         spelled: None,
         https: upstream.https,
-        host: upstream.host.as_str().into(),
+        host: Arc::clone(&upstream.host),
         port: upstream.port,
-        path_and_query: PathAndQuery::try_from(format!("{}{rest}{query}", upstream.base_path))
+        path_and_query: PathAndQuery::try_from(pq)
             .map_err(|_| ProxyError::BadRequest("the request URI cannot be forwarded".into()))?,
         provider: Some(provider.clone()),
+        authority: Some(upstream.uri_authority.clone()),
     })
 }
 
@@ -502,7 +519,7 @@ fn check_tunnel_authorities(
 /// tunnel's port implied) and `host:port`, are compared in place; any other (IPv6 brackets, a
 /// port with leading zeros) is parsed.
 fn names_tunnel(given: &str, icpt: &super::Intercepted) -> bool {
-    let host = icpt.host.as_str();
+    let host = &*icpt.host;
     if !host.contains(':') {
         if given.eq_ignore_ascii_case(host) {
             return true;
@@ -515,7 +532,7 @@ fn names_tunnel(given: &str, icpt: &super::Intercepted) -> bool {
             return true;
         }
     }
-    split_authority(given, icpt.port).is_some_and(|(h, p)| h == icpt.host && p == icpt.port)
+    split_authority(given, icpt.port).is_some_and(|(h, p)| *h == *icpt.host && p == icpt.port)
 }
 
 /// The URI to send upstream; `None` when the request's own already is exactly that (an
@@ -541,7 +558,10 @@ fn upstream_uri(
     {
         return Ok(None);
     }
-    let authority = Authority::try_from(authority).map_err(bad)?;
+    let authority = match &dest.authority {
+        Some(built) if built.as_str() == authority => built.clone(),
+        _ => Authority::try_from(authority).map_err(bad)?,
+    };
     let pq = dest.path_and_query.clone();
     Uri::builder()
         .scheme(scheme)
@@ -629,6 +649,7 @@ mod tests {
             provider: None,
             handle: None,
             spelled: None,
+            authority: None,
         }
     }
 
@@ -687,6 +708,24 @@ mod tests {
             if want {
                 assert_eq!(d.authority(), given, "spelled as built");
             }
+        }
+    }
+
+    #[test]
+    fn a_route_upstreams_authority_built_with_the_config_is_the_one_built_per_request() {
+        for url in [
+            "https://api.test",
+            "https://API.Test:443/v1",
+            "https://api.test:8443/v1/",
+            "http://api.test",
+            "http://127.0.0.1:9000",
+            "http://[::1]:9000/base",
+            "https://[::1]",
+        ] {
+            let up = crate::config::validate::parse_upstream(url).unwrap();
+            let d = dest(up.https, &up.host, up.port);
+            assert_eq!(up.uri_authority.as_str(), d.authority(), "{url}");
+            assert!(d.spelled_by(up.uri_authority.as_str()), "{url}");
         }
     }
 }

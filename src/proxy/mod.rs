@@ -74,7 +74,8 @@ impl ConnInfo {
 
 #[derive(Debug, Clone)]
 pub struct Intercepted {
-    pub host: String,
+    /// Shared with each inner request's destination (no copy per request).
+    pub host: Arc<str>,
     pub port: u16,
     /// The client named on the CONNECT (header or proxy user), used when inner requests
     /// name none.
