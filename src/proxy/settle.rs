@@ -193,7 +193,7 @@ const POLICY_CACHE: usize = 4;
 /// The limit with the least room among those that applied to a call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tightest {
-    pub name: String,
+    pub name: Arc<str>,
     pub amount: f64,
     pub remaining: f64,
     pub window_secs: Option<u64>,
@@ -226,7 +226,7 @@ impl Tightest {
     /// `RateLimit-Policy: "name";q=AMOUNT;w=WINDOW`. It changes only with the config, so
     /// the last few values built on this thread are kept and a repeat is a cheap clone.
     pub fn policy(&self) -> Result<HeaderValue, InvalidHeaderValue> {
-        type Entry = (String, u64, Option<u64>, HeaderValue);
+        type Entry = (Arc<str>, u64, Option<u64>, HeaderValue);
         thread_local! {
             static RECENT: std::cell::RefCell<[Option<Entry>; POLICY_CACHE]> =
                 const { std::cell::RefCell::new([const { None }; POLICY_CACHE]) };
@@ -241,7 +241,7 @@ impl Tightest {
             let v = self.header(";q=", amount, ";w=", window)?;
             // The newest first; the oldest falls out.
             recent.rotate_right(1);
-            recent[0] = Some((self.name.clone(), amount, window, v.clone()));
+            recent[0] = Some((Arc::clone(&self.name), amount, window, v.clone()));
             Ok(v)
         })
     }
@@ -313,7 +313,7 @@ mod tests {
             })
             .min_by(|a, b| (a.remaining / a.amount).total_cmp(&(b.remaining / b.amount)))
             .map(|l| Tightest {
-                name: l.name.clone(),
+                name: l.name.as_str().into(),
                 amount: l.amount,
                 remaining: l.remaining,
                 window_secs: crate::config::parse_duration(&l.window)
@@ -385,11 +385,11 @@ mod tests {
             status("per-key", Scope::Key, "k1", 1.0, 10.0),
         ];
         let t = from_snapshot(&snap, "me", Some("k1"), None, 0).unwrap();
-        assert_eq!(t.name, "per-client");
+        assert_eq!(&*t.name, "per-client");
         assert_eq!(t.ratelimit().unwrap(), "\"per-client\";r=5;t=30");
         assert_eq!(t.policy().unwrap(), "\"per-client\";q=10;w=60");
         assert_eq!(
-            from_snapshot(&snap, "nobody", None, None, 0).unwrap().name,
+            &*from_snapshot(&snap, "nobody", None, None, 0).unwrap().name,
             "rpm"
         );
     }

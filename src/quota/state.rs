@@ -41,6 +41,8 @@ pub(crate) struct Entry {
     /// meter's capacity less the reserve held back from that priority. Fixed by the spec,
     /// so admission does not recompute it.
     pub caps: [Cap; 4],
+    /// The limit's name, shared with the headroom each answer reports (no copy per call).
+    pub name: std::sync::Arc<str>,
 }
 
 impl Entry {
@@ -97,6 +99,7 @@ fn entries_of(spec: &ProviderSpec) -> Vec<Entry> {
     let entry = |spec: LimitSpec, only_key: Option<Box<str>>| Entry {
         shared: false,
         caps: caps_of(&spec),
+        name: spec.name.as_str().into(),
         spec,
         only_key,
         except_keys: Vec::new(),

@@ -47,7 +47,7 @@ pub struct ShareStatus {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Headroom {
     /// The limit's name.
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     /// Capacity (token bucket: `burst`).
     pub amount: f64,
     /// Left now, never negative.
@@ -112,7 +112,7 @@ impl ProviderState {
             }
         }
         best.map(|(_, e, slot, amount, remaining)| Headroom {
-            name: e.spec.name.clone(),
+            name: std::sync::Arc::clone(&e.name),
             amount,
             remaining,
             window_secs: match e.spec.window {

@@ -108,7 +108,7 @@ impl Ticket {
                 _ => (None, None),
             };
             let headroom = Headroom {
-                name: it.limit.clone(),
+                name: it.limit.as_str().into(),
                 amount: it.capacity,
                 remaining,
                 window_secs,
