@@ -226,7 +226,7 @@ pub fn send<'a>(
                 key_label: key_label.clone(),
                 estimate: costs,
                 model: estimate.model.clone(),
-                uri: head.uri.clone(),
+                route: head.uri.path().into(),
                 upstream_cost: sig.cost,
                 clock: call.engine.clock().clone(),
             };

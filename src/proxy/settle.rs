@@ -23,9 +23,9 @@ pub struct Settlement {
     pub key_label: Option<String>,
     pub estimate: Costs,
     pub model: Option<String>,
-    /// The request's URI (its path is the route); a clone shares the request's bytes, so
-    /// keeping it costs no copy of the path.
-    pub uri: http::Uri,
+    /// The request's path (the route). A copy: the request's own shares the connection's
+    /// read buffer, which a long stream would keep allocated.
+    pub route: Box<str>,
     /// Credits the upstream said this call cost (header signal).
     pub upstream_cost: Option<f64>,
     pub clock: Arc<dyn Clock>,
@@ -175,7 +175,7 @@ fn settle(s: Settlement, status: u16, outcome: TapOutcome) {
         p.averages
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .observe(s.uri.path(), c);
+            .observe(&s.route, c);
     }
     if status >= 500 || status == 429 {
         // The upstream refused or failed: only the request itself counts.
