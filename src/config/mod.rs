@@ -6,7 +6,7 @@
 mod describe;
 mod load;
 mod model;
-mod net;
+pub(crate) mod net;
 pub mod presets;
 mod raw;
 pub(crate) mod validate;

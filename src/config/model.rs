@@ -133,12 +133,7 @@ pub struct UpstreamTarget {
 
 impl UpstreamTarget {
     pub fn authority(&self) -> String {
-        let default = if self.https { 443 } else { 80 };
-        if self.port == default {
-            self.host.to_string()
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        super::net::authority(&self.host, self.port, self.https)
     }
     pub fn scheme(&self) -> &'static str {
         if self.https {

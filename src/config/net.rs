@@ -128,6 +128,33 @@ impl Network {
     }
 }
 
+/// The authority a request to `host:port` carries: an IPv6 address in brackets, the port
+/// only when it is not the scheme's default. `host` is bare (no brackets).
+pub fn authority(host: &str, port: u16, https: bool) -> String {
+    let mut s = String::with_capacity(host.len() + 8);
+    if host.contains(':') {
+        s.push('[');
+        s.push_str(host);
+        s.push(']');
+    } else {
+        s.push_str(host);
+    }
+    if port != default_port(https) {
+        s.push(':');
+        s.push_str(itoa::Buffer::new().format(port));
+    }
+    s
+}
+
+/// 443 for https, 80 for http.
+pub fn default_port(https: bool) -> u16 {
+    if https {
+        443
+    } else {
+        80
+    }
+}
+
 /// IPv4-mapped IPv6 addresses compare as IPv4.
 pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -166,6 +193,19 @@ impl fmt::Display for Network {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_authority_brackets_ipv6_and_drops_the_default_port() {
+        assert_eq!(authority("api.openai.com", 443, true), "api.openai.com");
+        assert_eq!(
+            authority("api.openai.com", 443, false),
+            "api.openai.com:443"
+        );
+        assert_eq!(authority("localhost", 80, false), "localhost");
+        assert_eq!(authority("127.0.0.1", 8080, false), "127.0.0.1:8080");
+        assert_eq!(authority("::1", 443, true), "[::1]");
+        assert_eq!(authority("::1", 8443, true), "[::1]:8443");
+    }
 
     #[test]
     fn host_patterns() {

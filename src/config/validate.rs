@@ -424,16 +424,8 @@ pub fn parse_upstream(url: &str) -> std::result::Result<UpstreamTarget, String> 
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_ascii_lowercase();
-    let default = if https { 443 } else { 80 };
-    let port = uri.port_u16().unwrap_or(default);
-    let mut authority = match host.contains(':') {
-        true => format!("[{host}]"),
-        false => host.clone(),
-    };
-    if port != default {
-        authority.push_str(&format!(":{port}"));
-    }
-    let uri_authority = http::uri::Authority::try_from(authority)
+    let port = uri.port_u16().unwrap_or(super::net::default_port(https));
+    let uri_authority = http::uri::Authority::try_from(super::net::authority(&host, port, https))
         .map_err(|_| bad("the host and port do not form a valid authority"))?;
     Ok(UpstreamTarget {
         https,

@@ -107,25 +107,12 @@ impl DestinationSlot {
 
 impl Destination {
     fn authority(&self) -> String {
-        let default = if self.https { 443 } else { 80 };
-        let mut s = String::with_capacity(self.host.len() + 8);
-        if self.host.contains(':') {
-            s.push('[');
-            s.push_str(&self.host);
-            s.push(']');
-        } else {
-            s.push_str(&self.host);
-        }
-        if self.port != default {
-            s.push(':');
-            s.push_str(itoa::Buffer::new().format(self.port));
-        }
-        s
+        crate::config::net::authority(&self.host, self.port, self.https)
     }
 
     /// Whether `a` is exactly what [`Destination::authority`] would build.
     fn spelled_by(&self, a: &str) -> bool {
-        let default = if self.https { 443 } else { 80 };
+        let default = crate::config::net::default_port(self.https);
         let rest = if self.host.contains(':') {
             a.strip_prefix('[')
                 .and_then(|r| r.strip_prefix(&*self.host))
@@ -400,7 +387,7 @@ fn destination(
                 ))
             }
         };
-        let default_port = if https { 443 } else { 80 };
+        let default_port = crate::config::net::default_port(https);
         if let Some(dest) = conn
             .last_destination
             .get(runtime, https, authority, &path_and_query)
