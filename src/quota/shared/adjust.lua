@@ -6,11 +6,17 @@
 --   c: tag = client-share group field ('' = none), p1 = period end µs
 --                                                          (skipped once the period is over)
 --   k: tag = lease member to release (delta ignored)
+-- KEYS[n + 1], when given: the batch's guard, kept ARGV[2 + 5n] ms once the batch is applied;
+-- a batch whose guard exists was applied already (its first sending failed without an
+-- answer yet ran) and is skipped.
 -- A counter never goes below zero. Reply: the server time (µs).
 local MARGIN = 60000
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local n = tonumber(ARGV[1])
+if #KEYS > n and not redis.call('SET', KEYS[n + 1], '1', 'NX', 'PX', ARGV[2 + 5 * n]) then
+  return now
+end
 for i = 1, n do
   local a = 1 + (i - 1) * 5
   local kind, delta, tag = ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3]

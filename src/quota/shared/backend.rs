@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script};
+use redis::{Client, Script, ScriptInvocation};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::deadline::TimerSlot;
 use crate::quota::clock::{duration_micros, Clock, Micros, SECOND};
 use crate::quota::shared::breaker::Breaker;
-use crate::quota::shared::coalesce::{Answer, Waiting};
+use crate::quota::shared::coalesce::{tag_of, Answer, Waiting};
 use crate::quota::shared::grant::Grants;
 pub use crate::quota::shared::options::OnError;
 use crate::quota::shared::options::{BackendError, RedisOptions};
@@ -27,6 +27,24 @@ pub(super) type Batch = Vec<Op>;
 
 /// Reconcile ops kept at most while Redis is away (oldest dropped beyond).
 const MAX_PENDING: usize = 100_000;
+
+/// How long Redis remembers that a batch of corrections was applied (beyond the breaker's
+/// cool-off and the call timeout): a batch whose call failed without an answer is sent
+/// again once Redis answers, which is within seconds of Redis having run the first
+/// sending, if it did.
+const GUARD_KEPT: Duration = Duration::from_secs(60);
+
+/// Corrections that take effect at most once. A call that fails without an answer (a
+/// timeout, a dropped connection) may still have run in Redis: a frozen Redis runs what
+/// was sent when it resumes. Sent again, the batch would count twice, and a refund or a
+/// settle below the estimate counted twice undercounts. The adjust script therefore
+/// records `guard` (a key of the batch's hash tag, kept [`GUARD_KEPT`]) when it applies
+/// the batch, and skips a batch whose guard it finds.
+#[derive(Debug)]
+pub(super) struct Corrections {
+    pub(super) guard: String,
+    pub(super) ops: Vec<Op>,
+}
 
 /// The shared-state backend.
 pub struct RedisBackend {
@@ -41,7 +59,7 @@ pub struct RedisBackend {
     offset: AtomicI64,
     seq: AtomicU64,
     instance: String,
-    pending: Mutex<VecDeque<Batch>>,
+    pending: Mutex<VecDeque<Corrections>>,
     tx: mpsc::UnboundedSender<Batch>,
     /// Admissions for the coalescing task ([`super::coalesce`]).
     admissions: mpsc::UnboundedSender<Waiting>,
@@ -330,14 +348,26 @@ impl RedisBackend {
 
     /// Keeps corrections of locally admitted usage until Redis is back.
     pub(crate) fn reconcile_later(&self, ops: Vec<Op>) {
-        if ops.is_empty() {
-            return;
+        if let Some(c) = self.corrections(ops) {
+            self.keep(c);
         }
+    }
+
+    /// `ops` with a guard of their own, to be applied once ([`Corrections`]); `None` when
+    /// there are none.
+    pub(super) fn corrections(&self, ops: Vec<Op>) -> Option<Corrections> {
+        let tag = tag_of(&ops.first()?.0);
+        let guard = format!("{tag}:a:{}", self.member());
+        Some(Corrections { guard, ops })
+    }
+
+    /// Keeps corrections whose call failed (or that were never sent) until Redis is back.
+    pub(super) fn keep(&self, c: Corrections) {
         let mut pending = lock(&self.pending);
         if pending.len() >= MAX_PENDING {
             pending.pop_front();
         }
-        pending.push_back(ops);
+        pending.push_back(c);
     }
 
     /// Ops waiting to be reconciled.
@@ -345,16 +375,30 @@ impl RedisBackend {
         lock(&self.pending).len()
     }
 
-    /// Applies `ops` in one adjust-script call; returns the Redis time.
-    pub(super) async fn apply(&self, ops: &[Op]) -> Result<Micros, BackendError> {
+    /// Applies corrections in one adjust-script call, unless Redis already applied them
+    /// (a call that failed without an answer may have run); returns the Redis time.
+    pub(super) async fn apply(&self, c: &Corrections) -> Result<Micros, BackendError> {
         let mut inv = self.adjust.prepare_invoke();
-        inv.arg(ops.len());
-        for (key, fields) in ops {
+        inv.arg(c.ops.len());
+        for (key, fields) in &c.ops {
             inv.key(key);
             for f in fields {
                 inv.arg(f);
             }
         }
+        let kept = GUARD_KEPT + self.options.cool_off + self.options.timeout;
+        inv.key(&c.guard).arg(kept.as_millis().to_string());
+        self.adjust_call(inv).await
+    }
+
+    /// One adjust-script call that changes nothing: whether Redis answers.
+    pub(super) async fn probe(&self) -> Result<Micros, BackendError> {
+        let mut inv = self.adjust.prepare_invoke();
+        inv.arg(0);
+        self.adjust_call(inv).await
+    }
+
+    async fn adjust_call(&self, inv: ScriptInvocation<'_>) -> Result<Micros, BackendError> {
         self.call(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
             .await
             .map(|t| u64::try_from(t).unwrap_or(0))
@@ -367,6 +411,7 @@ impl RedisBackend {
                 return;
             };
             if self.apply(&batch).await.is_err() {
+                // The same guard when sent again: applied once whatever became of this call.
                 lock(&self.pending).push_front(batch);
                 return;
             }

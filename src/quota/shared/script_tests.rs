@@ -396,7 +396,7 @@ async fn the_rolling_sum_matches_its_sub_buckets() {
                 // Settle to a random actual cost, up or down (applied at once here).
                 let actual = ((seed >> 8) % 60) as f64;
                 if let Some(op) = adjust_op(&items[0], now, actual - cost, true) {
-                    b.apply(&[op]).await.unwrap();
+                    b.apply(&b.corrections(vec![op]).unwrap()).await.unwrap();
                 }
             }
             _ => refused += 1,
@@ -699,4 +699,60 @@ async fn an_admission_whose_caller_went_away_is_refunded() {
         b.admit_coalesced(next).await.1.unwrap(),
         Reply::Admitted { .. }
     ));
+}
+
+/// A correction whose call timed out on a frozen Redis ran when Redis resumed; sent again
+/// from the backlog (the proxy cannot know it ran), it changes nothing: a refund counted
+/// twice would undercount. Another batch with the same ops still applies.
+#[tokio::test]
+async fn a_correction_that_ran_after_its_call_timed_out_is_not_applied_again() {
+    let srv = server().await;
+    let mut o = RedisOptions::new(&srv.url, "t", OnError::Local);
+    o.timeout = Duration::from_millis(200);
+    let b = RedisBackend::connect(o, Arc::new(SystemClock::new()))
+        .await
+        .unwrap();
+    let state = ProviderState::new(rpm3());
+    let items = plan(&state, Costs::default(), 0);
+    let mut at = 0;
+    for _ in 0..3 {
+        let Reply::Admitted { now, .. } = b.admit(&items).await.unwrap() else {
+            panic!("three of three admitted")
+        };
+        at = now;
+    }
+    assert_eq!(stored(&b, &items).await, "rpm=3.000");
+    let ticket = Ticket {
+        items: items.clone(),
+        at,
+        used: Vec::new(),
+        fallback: false,
+    };
+    let cancel = || b.corrections(settle_ops(&ticket, None, true)).unwrap();
+    let refund = cancel();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &srv.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    let frozen = b.apply(&refund).await;
+    signal("-CONT");
+    assert!(
+        matches!(frozen, Err(super::BackendError::Timeout(_))),
+        "{frozen:?}"
+    );
+    // Redis runs the sending it held when it resumes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while stored(&b, &items).await != "rpm=2.000" && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stored(&b, &items).await, "rpm=2.000");
+    b.apply(&refund).await.unwrap();
+    assert_eq!(stored(&b, &items).await, "rpm=2.000", "applied once");
+    b.apply(&cancel()).await.unwrap();
+    assert_eq!(stored(&b, &items).await, "rpm=1.000", "a batch of its own");
 }

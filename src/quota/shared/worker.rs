@@ -33,9 +33,13 @@ pub(super) async fn run(backend: Weak<RedisBackend>, mut rx: mpsc::UnboundedRece
         ops.sort_by(|x, y| tag_of(&x.0).cmp(tag_of(&y.0)));
         for group in ops.chunk_by(|x, y| tag_of(&x.0) == tag_of(&y.0)) {
             for chunk in group.chunks(256) {
-                if b.apply(chunk).await.is_err() {
-                    // Not lost: applied with the reconcile backlog when Redis is back.
-                    b.reconcile_later(chunk.to_vec());
+                let Some(c) = b.corrections(chunk.to_vec()) else {
+                    continue;
+                };
+                if b.apply(&c).await.is_err() {
+                    // Not lost: applied with the reconcile backlog when Redis is back, and
+                    // not twice if this call ran after all (its guard goes with it).
+                    b.keep(c);
                 }
             }
         }
@@ -52,7 +56,7 @@ pub(super) async fn run(backend: Weak<RedisBackend>, mut rx: mpsc::UnboundedRece
 impl RedisBackend {
     /// With a backlog and an open breaker: one probe (an empty adjust), then the backlog.
     async fn probe_and_flush(&self) {
-        if self.apply(&[]).await.is_ok() {
+        if self.probe().await.is_ok() {
             self.flush_pending().await;
         }
     }
