@@ -10,7 +10,9 @@ use quota_proxy::config::{self, Config};
 
 /// mimalloc instead of the system allocator: a request allocates a few dozen small objects
 /// (header maps, futures, buffers), and its per-thread free lists cost a fraction of glibc
-/// malloc's instructions for them (docs/performance.md, "The allocator").
+/// malloc's instructions for them. Version 2 (the crate's `v2` feature): version 3 takes a
+/// slow, over-allocating path for aligned requests over 1 KiB, and every Rust allocation is an
+/// aligned request (docs/performance.md, "The allocator").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
