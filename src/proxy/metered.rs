@@ -122,11 +122,15 @@ pub fn send<'a>(
                     .take()
                     .unwrap_or(RequestBody::Whole(Default::default())),
             };
-            // The last attempt takes the headers; only a retry needs them again.
+            // The last attempt takes the headers; only a retry needs them again. The parsed
+            // map goes upstream and the copy stays for a retry: hyper keeps the map it sent
+            // to parse the answer into, and the parsed one has room to spare for the
+            // response headers added here (a copy is exactly full, and grew every response).
             let headers = if last_try {
                 std::mem::take(&mut head.headers)
             } else {
-                head.headers.clone()
+                let kept = head.headers.clone();
+                std::mem::replace(&mut head.headers, kept)
             };
             let request = build_request(p, &head, headers, req_body, key_idx)?;
             let mut permit = admitted.permit;
