@@ -44,6 +44,30 @@ const GUARD_KEPT: Duration = Duration::from_secs(60);
 pub(super) struct Corrections {
     pub(super) guard: String,
     pub(super) ops: Vec<Op>,
+    /// Sent to Redis at least once: Redis may hold its guard, so it is never merged.
+    pub(super) sent: bool,
+}
+
+/// Ops one batch of corrections holds at most (one script call).
+pub(super) const MAX_BATCH: usize = 256;
+
+/// Adds `src` to `dst`: an op on the same counter, sub-bucket or period as one in `dst` adds
+/// its delta to it, so a backlog holds one op per counter and sub-bucket, not one per call.
+fn merge(dst: &mut Vec<Op>, src: Vec<Op>) {
+    for op in src {
+        let same = dst
+            .iter_mut()
+            .find(|d| d.0 == op.0 && d.1[0] == op.1[0] && d.1[2..] == op.1[2..]);
+        match same {
+            // Releasing the same lease twice is releasing it once.
+            Some(_) if op.1[0] == "k" => {}
+            Some(d) => match (d.1[1].parse::<f64>(), op.1[1].parse::<f64>()) {
+                (Ok(a), Ok(b)) if (a + b).is_finite() => d.1[1] = (a + b).to_string(),
+                _ => dst.push(op),
+            },
+            None => dst.push(op),
+        }
+    }
 }
 
 /// The shared-state backend.
@@ -59,7 +83,9 @@ pub struct RedisBackend {
     offset: AtomicI64,
     seq: AtomicU64,
     instance: String,
-    pending: Mutex<VecDeque<Corrections>>,
+    pub(super) pending: Mutex<VecDeque<Corrections>>,
+    /// Backlog batches dropped because the backlog was full.
+    dropped: AtomicU64,
     tx: mpsc::UnboundedSender<Batch>,
     /// Admissions for the coalescing task ([`super::coalesce`]).
     admissions: mpsc::UnboundedSender<Waiting>,
@@ -115,6 +141,7 @@ impl RedisBackend {
             seq: AtomicU64::new(0),
             instance: instance_id(),
             pending: Mutex::new(VecDeque::new()),
+            dropped: AtomicU64::new(0),
             tx,
             admissions,
             clock,
@@ -358,14 +385,38 @@ impl RedisBackend {
     pub(super) fn corrections(&self, ops: Vec<Op>) -> Option<Corrections> {
         let tag = tag_of(&ops.first()?.0);
         let guard = format!("{tag}:a:{}", self.member());
-        Some(Corrections { guard, ops })
+        Some(Corrections {
+            guard,
+            ops,
+            sent: false,
+        })
     }
 
     /// Keeps corrections whose call failed (or that were never sent) until Redis is back.
+    /// Corrections never sent join the newest kept batch of the same hash tag when it was
+    /// never sent either (their deltas added per counter and sub-bucket), so an outage keeps
+    /// a few batches per provider, not one per call.
     pub(super) fn keep(&self, c: Corrections) {
         let mut pending = lock(&self.pending);
+        if !c.sent {
+            if let Some(last) = pending.back_mut().filter(|l| {
+                !l.sent
+                    && l.ops.len() + c.ops.len() <= MAX_BATCH
+                    && l.ops.first().map(|o| tag_of(&o.0)) == c.ops.first().map(|o| tag_of(&o.0))
+            }) {
+                merge(&mut last.ops, c.ops);
+                return;
+            }
+        }
         if pending.len() >= MAX_PENDING {
             pending.pop_front();
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped,
+                    "redis unreachable: the backlog of usage to add to it is full ({MAX_PENDING} batches); the oldest are dropped, so redis will count less than was admitted"
+                );
+            }
         }
         pending.push_back(c);
     }
@@ -407,9 +458,10 @@ impl RedisBackend {
     /// Sends the reconcile backlog (stops at the first failure, keeping the rest).
     pub(super) async fn flush_pending(&self) {
         loop {
-            let Some(batch) = lock(&self.pending).pop_front() else {
+            let Some(mut batch) = lock(&self.pending).pop_front() else {
                 return;
             };
+            batch.sent = true;
             if self.apply(&batch).await.is_err() {
                 // The same guard when sent again: applied once whatever became of this call.
                 lock(&self.pending).push_front(batch);

@@ -756,3 +756,51 @@ async fn a_correction_that_ran_after_its_call_timed_out_is_not_applied_again() {
     b.apply(&cancel()).await.unwrap();
     assert_eq!(stored(&b, &items).await, "rpm=1.000", "a batch of its own");
 }
+
+/// Usage admitted locally while Redis was away is kept as one batch per provider, its
+/// deltas added per counter and sub-bucket (not one batch per call, which a long outage
+/// would overflow), and all of it reaches Redis once it answers.
+#[tokio::test]
+async fn a_backlog_of_local_usage_merges_per_counter_and_all_of_it_reaches_redis() {
+    let srv = server().await;
+    let b = backend(&srv.url).await;
+    let state = ProviderState::new(ProviderSpec::new(
+        "p",
+        vec![LimitSpec::new(
+            "rpm",
+            Unit::Requests,
+            1_000_000.0,
+            WindowKind::Rolling { len: 60 * SECOND },
+        )],
+    ));
+    let Reply::Admitted { now, .. } = b.admit(&plan(&state, Costs::default(), 0)).await.unwrap()
+    else {
+        panic!("admitted")
+    };
+    let items = plan(&state, Costs::default(), now);
+    let local = |at: u64| Ticket {
+        items: items.clone(),
+        at,
+        used: Vec::new(),
+        fallback: true,
+    };
+    // 5,000 calls in one sub-bucket, then 5,000 in the next: one batch, two ops.
+    let width = 60 * SECOND / 64;
+    for i in 0..10_000u64 {
+        let at = if i < 5_000 { now } else { now + width };
+        b.reconcile_later(super::plan::reconcile_ops(&local(at)));
+    }
+    assert_eq!(b.pending(), 1, "one batch");
+    assert_eq!(
+        super::backend::lock(&b.pending)[0].ops.len(),
+        2,
+        "one op per sub-bucket"
+    );
+    // The worker sends it within its next tick.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while b.pending() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(b.pending(), 0, "flushed");
+    assert_eq!(stored(&b, &items).await, "rpm=10001.000");
+}

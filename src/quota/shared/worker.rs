@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::quota::shared::backend::{lock, Batch, RedisBackend};
+use crate::quota::shared::backend::{lock, Batch, RedisBackend, MAX_BATCH};
 use crate::quota::shared::coalesce::tag_of;
 
 /// Applies queued corrections (batched per hash tag), reconnects, and reconciles.
@@ -32,10 +32,11 @@ pub(super) async fn run(backend: Weak<RedisBackend>, mut rx: mpsc::UnboundedRece
         }
         ops.sort_by(|x, y| tag_of(&x.0).cmp(tag_of(&y.0)));
         for group in ops.chunk_by(|x, y| tag_of(&x.0) == tag_of(&y.0)) {
-            for chunk in group.chunks(256) {
-                let Some(c) = b.corrections(chunk.to_vec()) else {
+            for chunk in group.chunks(MAX_BATCH) {
+                let Some(mut c) = b.corrections(chunk.to_vec()) else {
                     continue;
                 };
+                c.sent = true;
                 if b.apply(&c).await.is_err() {
                     // Not lost: applied with the reconcile backlog when Redis is back, and
                     // not twice if this call ran after all (its guard goes with it).
