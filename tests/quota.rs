@@ -158,6 +158,28 @@ async fn call_costing_more_than_a_whole_limit_is_request_too_large() {
     assert_eq!(up.requests().len(), 0);
 }
 
+/// The credits an upstream says a call cost (`x-requests-last`) become the route's estimate:
+/// after one call that cost 4, the next on the route is estimated at 4 and refused by a limit
+/// of 5 (estimated at the default 1, it would fit).
+#[tokio::test]
+async fn credits_the_upstream_reports_become_the_routes_estimate() {
+    let up = MockUpstream::plain(fixed(200, &[("x-requests-last", "4")], "ok")).await;
+    let cfg = mock_provider(&up, &[("signals", "[\"odds_api\"]")])
+        .raw(&limit("credits", "credits", 5.0, "1m", "provider"))
+        .raw(&on_limit("reject", "30s", 1000))
+        .build();
+    let proxy = Proxy::start(&cfg);
+
+    assert_eq!(get(&proxy, &up, "/v1/odds", &[]).await.status, 200);
+    let r = get(&proxy, &up, "/v1/odds", &[]).await;
+    let (_, secs) = assert_quota_429(&r, "credits", "mock");
+    assert!(
+        (55..=62).contains(&secs),
+        "the first call ages out of the minute: retry-after {secs}"
+    );
+    assert_eq!(up.requests().len(), 1);
+}
+
 #[tokio::test]
 async fn client_scope_limits_each_client_separately() {
     let up = MockUpstream::plain(fixed(200, &[], "ok")).await;

@@ -337,9 +337,11 @@ fn check_host_headers(
     default_port: u16,
 ) -> Result<(), ProxyError> {
     for h in req.headers().get_all(header::HOST) {
-        let agrees = h
-            .as_bytes()
-            .eq_ignore_ascii_case(authority.as_str().as_bytes())
+        // Byte for byte first: clients spell Host as they spell the URI (a compare of
+        // whole words, where the case-blind one goes byte by byte).
+        let agrees = h.as_bytes() == authority.as_str().as_bytes()
+            || h.as_bytes()
+                .eq_ignore_ascii_case(authority.as_str().as_bytes())
             || h.to_str()
                 .ok()
                 .and_then(|h| split_authority(h, default_port))

@@ -230,7 +230,9 @@ pub fn send<'a>(
                 key_label: key_label.clone(),
                 estimate: costs,
                 model: estimate.model.clone(),
-                route: head.uri.path().into(),
+                route: (sig.cost.is_some()
+                    || p.usage.as_ref().is_some_and(|u| u.reports_credits()))
+                .then(|| head.uri.path().into()),
                 upstream_cost: sig.cost,
                 clock: call.engine.clock().clone(),
             };

@@ -23,9 +23,11 @@ pub struct Settlement {
     pub key_label: Option<String>,
     pub estimate: Costs,
     pub model: Option<String>,
-    /// The request's path (the route). A copy: the request's own shares the connection's
+    /// The request's path (the route), kept only when the call's credits can be learned
+    /// (an upstream cost header, or a usage format that reports credits): the route's
+    /// average cost is all it serves. A copy: the request's own shares the connection's
     /// read buffer, which a long stream would keep allocated.
-    pub route: Box<str>,
+    pub route: Option<Box<str>>,
     /// Credits the upstream said this call cost (header signal).
     pub upstream_cost: Option<f64>,
     pub clock: Arc<dyn Clock>,
@@ -172,10 +174,12 @@ fn settle(s: Settlement, status: u16, outcome: TapOutcome) {
     let credits = s.upstream_cost.or(usage.and_then(|u| u.credits));
     if let Some(c) = credits {
         actual.set(Unit::Credits, c);
-        p.averages
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .observe(&s.route, c);
+        if let Some(route) = &s.route {
+            p.averages
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .observe(route, c);
+        }
     }
     if status >= 500 || status == 429 {
         // The upstream refused or failed: only the request itself counts.

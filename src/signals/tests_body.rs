@@ -282,3 +282,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn usage_formats_that_report_credits() {
+    let custom = |f: UsageField| UsageFormat::Custom(vec![("/usage/x".into(), f)]);
+    let cases = [
+        (UsageFormat::Keepa, true),
+        (custom(UsageField::Credits), true),
+        (custom(UsageField::InputTokens), false),
+        (UsageFormat::OpenAi, false),
+        (UsageFormat::Anthropic, false),
+        (UsageFormat::Gemini, false),
+    ];
+    for (format, credits) in cases {
+        assert_eq!(format.reports_credits(), credits, "{format:?}");
+    }
+}

@@ -65,6 +65,16 @@ impl UsageFormat {
         }
     }
 
+    /// Whether documents of this shape can report the credits a call consumed (then the
+    /// settlement learns the route's average cost from them).
+    pub fn reports_credits(&self) -> bool {
+        match self {
+            UsageFormat::Keepa => true,
+            UsageFormat::Custom(fields) => fields.iter().any(|(_, f)| *f == UsageField::Credits),
+            UsageFormat::OpenAi | UsageFormat::Anthropic | UsageFormat::Gemini => false,
+        }
+    }
+
     /// Cheap pre-check on raw event data: could this document carry usage? Lets the SSE
     /// path skip JSON parsing for the many content-only chunks.
     pub(crate) fn may_carry_usage(&self, data: &[u8]) -> bool {
