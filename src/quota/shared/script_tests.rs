@@ -82,24 +82,26 @@ fn plan(state: &ProviderState, costs: Costs, now: u64) -> Vec<super::plan::Item>
     state.shared_plan(&Demand::new("c", costs), &ctx)
 }
 
-/// Provider `p` with one limit: 3 requests per rolling minute.
-fn rpm3() -> ProviderSpec {
-    ProviderSpec::new(
-        "p",
-        vec![LimitSpec::new(
-            "rpm",
-            Unit::Requests,
-            3.0,
-            WindowKind::Rolling { len: 60 * SECOND },
-        )],
+/// Limit `rpm`: `amount` requests per rolling minute.
+fn rpm_limit(amount: f64) -> LimitSpec {
+    LimitSpec::new(
+        "rpm",
+        Unit::Requests,
+        amount,
+        WindowKind::Rolling { len: 60 * SECOND },
     )
+}
+
+/// Provider `p` with one limit: `amount` requests per rolling minute.
+fn rpm(amount: f64) -> ProviderSpec {
+    ProviderSpec::new("p", vec![rpm_limit(amount)])
 }
 
 #[tokio::test]
 async fn the_admission_script_is_loaded_again_when_redis_forgot_it_and_never_counted_twice() {
     let srv = server().await;
     let b = backend(&srv.url).await;
-    let items = plan(&ProviderState::new(rpm3()), Costs::default(), 0);
+    let items = plan(&ProviderState::new(rpm(3.0)), Costs::default(), 0);
     let client = redis::Client::open(srv.url.as_str()).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
     let loaded = |c: &mut redis::aio::MultiplexedConnection| {
@@ -145,7 +147,7 @@ async fn the_admission_script_is_loaded_again_when_redis_forgot_it_and_never_cou
 async fn rolling_admits_up_to_the_amount_then_names_a_time() {
     let srv = server().await;
     let b = backend(&srv.url).await;
-    let state = ProviderState::new(rpm3());
+    let state = ProviderState::new(rpm(3.0));
     let items = plan(&state, Costs::default(), 0);
     assert_eq!(items.len(), 1);
     let mut first = 0;
@@ -588,15 +590,7 @@ async fn a_batch_decides_as_its_admissions_would_one_by_one() {
 async fn concurrent_admissions_share_script_calls_and_never_overshoot() {
     let srv = server().await;
     let b = backend(&srv.url).await;
-    let state = Arc::new(ProviderState::new(ProviderSpec::new(
-        "p",
-        vec![LimitSpec::new(
-            "rpm",
-            Unit::Requests,
-            15.0,
-            WindowKind::Rolling { len: 60 * SECOND },
-        )],
-    )));
+    let state = Arc::new(ProviderState::new(rpm(15.0)));
     let mut conn = b.conn.load_full().expect("connected").as_ref().clone();
     let () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
@@ -648,12 +642,7 @@ async fn an_admission_whose_caller_went_away_is_refunded() {
     let state = ProviderState::new(ProviderSpec::new(
         "p",
         vec![
-            LimitSpec::new(
-                "rpm",
-                Unit::Requests,
-                10.0,
-                WindowKind::Rolling { len: 60 * SECOND },
-            ),
+            rpm_limit(10.0),
             LimitSpec::new("conc", Unit::Concurrent, 1.0, WindowKind::None),
         ],
     ));
@@ -712,7 +701,7 @@ async fn a_correction_that_ran_after_its_call_timed_out_is_not_applied_again() {
     let b = RedisBackend::connect(o, Arc::new(SystemClock::new()))
         .await
         .unwrap();
-    let state = ProviderState::new(rpm3());
+    let state = ProviderState::new(rpm(3.0));
     let items = plan(&state, Costs::default(), 0);
     let mut at = 0;
     for _ in 0..3 {
@@ -764,15 +753,7 @@ async fn a_correction_that_ran_after_its_call_timed_out_is_not_applied_again() {
 async fn a_backlog_of_local_usage_merges_per_counter_and_all_of_it_reaches_redis() {
     let srv = server().await;
     let b = backend(&srv.url).await;
-    let state = ProviderState::new(ProviderSpec::new(
-        "p",
-        vec![LimitSpec::new(
-            "rpm",
-            Unit::Requests,
-            1_000_000.0,
-            WindowKind::Rolling { len: 60 * SECOND },
-        )],
-    ));
+    let state = ProviderState::new(rpm(1_000_000.0));
     let Reply::Admitted { now, .. } = b.admit(&plan(&state, Costs::default(), 0)).await.unwrap()
     else {
         panic!("admitted")
