@@ -315,7 +315,6 @@ async fn permits_settle_on_every_path() {
         "sent: estimate kept"
     );
     let p = permit(e.admit("p", d, None).await);
-    assert_eq!(p.estimate().map(|c| c.tokens), Some(100.0));
     assert_eq!(p.provider(), "p");
     p.settle(&Costs::default().with(Unit::Tokens, 30.0));
     assert_eq!(used(&e, "tpd"), 130.0);

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::quota::clock::Micros;
 use crate::quota::provider::ProviderHandle;
-use crate::quota::reservation::Reservation;
+use crate::quota::reservation::{Reservation, Settled};
 use crate::quota::spec::Scope;
 use crate::quota::unit::Costs;
 use crate::quota::verdict::{TooLarge, Verdict};
@@ -114,11 +114,6 @@ impl Permit {
         self.handle.name()
     }
 
-    /// What was reserved.
-    pub fn estimate(&self) -> Option<&Costs> {
-        self.reservation.as_ref().map(Reservation::estimate)
-    }
-
     /// In shadow mode, the refusal that enforcement would have made.
     pub fn shadow_verdict(&self) -> Option<&Verdict> {
         self.reservation
@@ -148,14 +143,14 @@ impl Permit {
     /// Settles to the actual costs.
     pub fn settle(mut self, actual: &Costs) {
         if let Some(r) = self.reservation.take() {
-            self.handle.settle(r, Some(actual));
+            self.handle.settle(r, Settled::Actual(actual));
         }
     }
 
     /// Nothing was sent: refunds everything.
     pub fn cancel(mut self) {
         if let Some(r) = self.reservation.take() {
-            self.handle.settle(r, None);
+            self.handle.settle(r, Settled::Nothing);
         }
     }
 }
@@ -163,9 +158,13 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(r) = self.reservation.take() {
-            let estimate = r.estimate;
-            let actual = self.sent.then_some(&estimate);
-            self.handle.settle(r, actual);
+            let how = if self.sent {
+                Settled::Estimate
+            } else {
+                Settled::Nothing
+            };
+            self.handle.settle(r, how);
         }
     }
 }
+

@@ -10,11 +10,10 @@ use crate::quota::admission::Demand;
 use crate::quota::clock::{Clock, Micros, SECOND};
 use crate::quota::permit::{Permit, Refusal};
 use crate::quota::queue::DelayQueue;
-use crate::quota::reservation::Reservation;
+use crate::quota::reservation::{Reservation, Settled};
 use crate::quota::spec::{OnLimit, OnLimitAction, ProviderSpec, Scope};
 use crate::quota::state::ProviderState;
 use crate::quota::status::{Headroom, LimitStatus};
-use crate::quota::unit::Costs;
 use crate::quota::verdict::{Admission, Verdict, Wait, WarnEvent};
 
 /// Retry-after given when only a full concurrency limit binds (its time is unknown).
@@ -101,20 +100,41 @@ impl ProviderHandle {
     fn with_state<R>(&self, f: impl FnOnce(&mut ProviderState) -> R) -> R {
         let mut state = self.lock();
         let out = f(&mut state);
+        self.release(state);
+        out
+    }
+
+    /// Unlocks the state, then reports the warnings it took.
+    #[inline]
+    fn release(&self, mut state: MutexGuard<'_, ProviderState>) {
         let hook = self.shared.warn_hook.get();
         let warnings = match hook {
             Some(_) if state.has_warnings() => state.take_warnings(),
-            _ => return out,
+            _ => return,
         };
         drop(state);
         if let Some(hook) = hook {
             warnings.iter().for_each(|w| hook(&self.name, w));
         }
-        out
+    }
+
+    /// The common admission, with no key alternatives: every limit has room now. The call
+    /// is counted under the lock and its reservation built after the lock is released.
+    /// `None` (nothing counted) leaves the decision to `ProviderState::try_admit`.
+    #[inline(always)]
+    fn admit_now(&self, demand: &Demand<'_>, now: Micros) -> Option<Reservation> {
+        let mut state = self.lock();
+        let counted = state.count_if_fits(demand, now)?;
+        let (id, generation) = (state.id, state.generation);
+        self.release(state);
+        Some(counted.into_reservation(id, generation, now))
     }
 
     pub(crate) fn attempt(&self, demand: &Demand<'_>, now: Micros) -> Attempt {
         if demand.keys.is_empty() {
+            if let Some(r) = self.admit_now(demand, now) {
+                return Attempt::Admitted(r, None);
+            }
             return match self.with_state(|s| (s.try_admit(demand, now), s.on_limit())) {
                 (Admission::Admitted(r), _) => Attempt::Admitted(r, None),
                 (Admission::Wait(w), on_limit) => Attempt::Wait(w, on_limit),
@@ -162,18 +182,15 @@ impl ProviderHandle {
         }
     }
 
-    /// Settles (`Some(actual)`) or cancels (`None`), then wakes the queue.
-    pub(crate) fn settle(&self, mut r: Reservation, actual: Option<&Costs>) {
+    /// Settles the reservation (see [`Settled`]), then wakes the queue.
+    pub(crate) fn settle(&self, mut r: Reservation, how: Settled<'_>) {
         if let Some(ticket) = r.shared.take() {
-            self.settle_shared(&ticket, actual);
+            self.settle_shared(&ticket, how);
         }
         // The admission time gives the same result as the current time (see
         // `ProviderState::settle`) and saves a clock read.
         let now = r.admitted_at;
-        self.with_state(|s| match actual {
-            Some(a) => s.settle(r, a, now),
-            None => s.cancel(r, now),
-        });
+        self.with_state(|s| s.finish(r, how, now));
         if self.queue.len() > 0 {
             self.queue.wake();
         }
@@ -257,6 +274,12 @@ impl Provider {
         if demand.keys.is_empty() {
             // The common case of `attempt`, building the permit straight from the state's
             // answer (the provider's delay policy does not matter here).
+            // The permit's reference is taken before the lock: its atomic increment then
+            // waits on no stores of the admission's.
+            let handle = Arc::clone(&self.0);
+            if let Some(r) = handle.admit_now(demand, now) {
+                return Ok(Permit::new(handle, r, 0));
+            }
             return match self.0.with_state(|s| s.try_admit(demand, now)) {
                 Admission::Admitted(r) => Ok(Permit::new(Arc::clone(&self.0), r, 0)),
                 Admission::Wait(w) => Err(limited(w, now)),

@@ -6,7 +6,7 @@
 //! reservation stays small to move.
 
 use crate::quota::clock::Micros;
-use crate::quota::unit::Costs;
+use crate::quota::unit::{Costs, Unit};
 use crate::quota::verdict::Verdict;
 
 /// One limit+scope's part of a reservation.
@@ -35,8 +35,9 @@ pub(crate) const NO_GROUP: u32 = u32::MAX;
 pub struct Reservation {
     pub(crate) state_id: u64,
     pub(crate) generation: u64,
+    /// What each limit+scope holds: the estimate in that limit's unit (the estimate
+    /// itself is not kept; settling "at the estimate" keeps each item as it is).
     pub(crate) items: Vec<Item>,
-    pub(crate) estimate: Costs,
     pub(crate) admitted_at: Micros,
     pub(crate) shadow_verdict: Option<Box<Verdict>>,
     /// Before this time sending moves nothing (see
@@ -48,28 +49,16 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    pub(crate) fn new(
-        state_id: u64,
-        generation: u64,
-        items: Vec<Item>,
-        estimate: Costs,
-        now: Micros,
-    ) -> Self {
+    pub(crate) fn new(state_id: u64, generation: u64, items: Vec<Item>, now: Micros) -> Self {
         Self {
             state_id,
             generation,
             items,
-            estimate,
             admitted_at: now,
             shadow_verdict: None,
             restamp_after: Micros::MAX,
             shared: None,
         }
-    }
-
-    /// The estimated costs that were reserved.
-    pub fn estimate(&self) -> &Costs {
-        &self.estimate
     }
 
     /// When it was admitted.
@@ -91,5 +80,28 @@ impl Reservation {
     /// call fit, or outside shadow mode).
     pub fn shadow_verdict(&self) -> Option<&Verdict> {
         self.shadow_verdict.as_deref()
+    }
+}
+
+/// What a reservation is settled to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Settled<'a> {
+    /// The call's actual costs, read from its response.
+    Actual(&'a Costs),
+    /// What was reserved: the call was sent and its cost is unknown.
+    Estimate,
+    /// Nothing: the call was never sent, and everything is refunded.
+    Nothing,
+}
+
+impl Settled<'_> {
+    /// What a limit counting `unit` ends up holding for an item that reserved `reserved`.
+    #[inline]
+    pub(crate) fn amount(self, unit: Unit, reserved: f64) -> f64 {
+        match self {
+            Settled::Actual(c) => c.get(unit),
+            Settled::Estimate => reserved,
+            Settled::Nothing => 0.0,
+        }
     }
 }

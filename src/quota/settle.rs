@@ -3,7 +3,7 @@
 use crate::quota::admission::check_warn;
 use crate::quota::clock::Micros;
 use crate::quota::meter::Meter;
-use crate::quota::reservation::{Reservation, NO_GROUP};
+use crate::quota::reservation::{Reservation, Settled, NO_GROUP};
 use crate::quota::state::ProviderState;
 use crate::quota::unit::Costs;
 
@@ -18,18 +18,17 @@ impl ProviderState {
     /// the same counts: a bucket or period that ended meanwhile is either already dropped
     /// (the correction is ignored) or dropped at the next advance (it is harmless).
     pub fn settle(&mut self, reservation: Reservation, actual: &Costs, now: Micros) {
-        self.finish(reservation, Some(actual), now);
+        self.finish(reservation, Settled::Actual(actual), now);
     }
 
     /// Nothing was sent: every reserved unit is returned and concurrency released.
     pub fn cancel(&mut self, reservation: Reservation, now: Micros) {
-        self.finish(reservation, None, now);
+        self.finish(reservation, Settled::Nothing, now);
     }
 
     /// Settles at the estimate: keeps what was reserved, releases concurrency.
     pub fn settle_at_estimate(&mut self, reservation: Reservation, now: Micros) {
-        let estimate = reservation.estimate;
-        self.finish(reservation, Some(&estimate), now);
+        self.finish(reservation, Settled::Estimate, now);
     }
 
     /// The call is leaving now (`now`, later than its admission): its rolling-window counts
@@ -58,7 +57,7 @@ impl ProviderState {
         res.restamp_after = after;
     }
 
-    fn finish(&mut self, res: Reservation, actual: Option<&Costs>, now: Micros) {
+    pub(crate) fn finish(&mut self, res: Reservation, how: Settled<'_>, now: Micros) {
         if res.state_id != self.id {
             return;
         }
@@ -69,7 +68,7 @@ impl ProviderState {
             };
             let s = &mut self.slots[slot];
             let e = &self.entries[s.entry as usize];
-            let actual = actual.map_or(0.0, |c| c.get(e.spec.unit));
+            let actual = how.amount(e.spec.unit, item.cost);
             // An exact estimate changes no counter (concurrency is still released).
             if actual != item.cost || matches!(s.meter, Meter::Concurrent(_)) {
                 s.meter.settle(item.tag, item.cost, actual, now);

@@ -64,7 +64,8 @@ fn settle_line(
     how: u8,
     now: Micros,
 ) {
-    let est = *r.estimate();
+    // What the call reserved: one request and the tokens logged at its admission.
+    let est = Costs::default().with(Unit::Tokens, log[idx].2);
     let actual = match how {
         1 => est,
         2 => est.with(Unit::Tokens, (est.tokens / 2.0).floor()),

@@ -8,11 +8,10 @@ use crate::quota::admission::Demand;
 use crate::quota::clock::Micros;
 use crate::quota::permit::Refusal;
 use crate::quota::provider::{Attempt, ProviderHandle};
-use crate::quota::reservation::Reservation;
+use crate::quota::reservation::{Reservation, Settled};
 use crate::quota::shared::backend::{OnError, RedisBackend};
 use crate::quota::shared::grant::Take;
 use crate::quota::shared::plan::{reconcile_ops, settle_ops, Item, PlanCtx, Reply, Ticket};
-use crate::quota::unit::Costs;
 use crate::quota::verdict::{TooLarge, Wait};
 
 /// What Redis said about one demand (one key option).
@@ -53,21 +52,21 @@ fn too_large(items: &[Item], i: usize) -> TooLarge {
     }
 }
 
-fn reservation(costs: Costs, now: Micros, ticket: Ticket) -> Reservation {
-    let mut r = Reservation::new(0, 0, Vec::new(), costs, now);
+fn reservation(now: Micros, ticket: Ticket) -> Reservation {
+    let mut r = Reservation::new(0, 0, Vec::new(), now);
     r.shared = Some(Box::new(ticket));
     r
 }
 
 /// An admission counted by Redis at `at` (`used`: each item's usage with it).
-fn admitted(costs: Costs, now: Micros, items: Vec<Item>, at: Micros, used: Vec<f64>) -> Shared {
+fn admitted(now: Micros, items: Vec<Item>, at: Micros, used: Vec<f64>) -> Shared {
     let ticket = Ticket {
         items,
         at,
         used,
         fallback: false,
     };
-    Shared::Admitted(reservation(costs, now, ticket))
+    Shared::Admitted(reservation(now, ticket))
 }
 
 impl ProviderHandle {
@@ -97,14 +96,14 @@ impl ProviderHandle {
         let member = || member.get_or_init(|| b.member()).clone();
         let mut items = self.plan(b, d, b.redis_now(now), &member);
         if items.is_empty() {
-            return admitted(d.costs, now, items, b.redis_now(now), Vec::new());
+            return admitted(now, items, b.redis_now(now), Vec::new());
         }
         // From a grant this replica holds for these counters, when one does.
         let mut refunds = Vec::new();
         let take = b.grants.take(&items, b.redis_now(now), &mut refunds);
         b.adjust_later(refunds);
         let (mut size, mut asking) = match take {
-            Take::Local { at, used } => return admitted(d.costs, now, items, at, used),
+            Take::Local { at, used } => return admitted(now, items, at, used),
             Take::Ask { size } => (size, true),
             Take::Exact => (1, false),
         };
@@ -144,7 +143,7 @@ impl ProviderHandle {
                     } else {
                         used
                     };
-                    return admitted(d.costs, now, items, at, used);
+                    return admitted(now, items, at, used);
                 }
                 Reply::Wait { .. } | Reply::TooLarge { .. } if size > 1 => size = 1,
                 Reply::Wait {
@@ -233,7 +232,7 @@ impl ProviderHandle {
                     fallback: false,
                 };
                 let key = (!d.keys.is_empty()).then_some(0);
-                Attempt::Admitted(reservation(d.costs, now, ticket), key)
+                Attempt::Admitted(reservation(now, ticket), key)
             }
             OnError::Local => match self.attempt(d, now) {
                 Attempt::Admitted(mut r, k) => {
@@ -262,14 +261,14 @@ impl ProviderHandle {
 
     /// Settles the shared part of a reservation; the local part (fallback) is settled by
     /// the caller as usual.
-    pub(crate) fn settle_shared(&self, ticket: &Ticket, actual: Option<&Costs>) {
+    pub(crate) fn settle_shared(&self, ticket: &Ticket, how: Settled<'_>) {
         let Some(b) = self.shared.backend.get() else {
             return;
         };
         if ticket.fallback {
-            b.reconcile_later(settle_ops(ticket, actual, false));
+            b.reconcile_later(settle_ops(ticket, how, false));
         } else {
-            b.adjust_later(settle_ops(ticket, actual, true));
+            b.adjust_later(settle_ops(ticket, how, true));
         }
     }
 }

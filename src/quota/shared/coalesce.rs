@@ -10,6 +10,7 @@ use std::sync::{Arc, Weak};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::quota::reservation::Settled;
 use crate::quota::shared::backend::RedisBackend;
 use crate::quota::shared::options::BackendError;
 use crate::quota::shared::plan::{settle_ops, Item, Reply, Ticket};
@@ -91,7 +92,7 @@ async fn fly(b: Arc<RedisBackend>, mut batch: Vec<Waiting>) {
                             used,
                             fallback: false,
                         };
-                        b.adjust_later(settle_ops(&ticket, None, true));
+                        b.adjust_later(settle_ops(&ticket, Settled::Nothing, true));
                     }
                 }
             }

@@ -6,12 +6,13 @@ use crate::quota::admission::{scope_id, Demand};
 use crate::quota::calendar::period_bounds;
 use crate::quota::clock::{Micros, SECOND};
 use crate::quota::fit::non_negative;
+use crate::quota::reservation::Settled;
 use crate::quota::rolling::BUCKETS;
 use crate::quota::shared::keys::{counter_key_after, counter_prefix, period_key};
 use crate::quota::spec::{LimitSpec, Scope, WindowKind};
 use crate::quota::state::ProviderState;
 use crate::quota::status::Headroom;
-use crate::quota::unit::{Costs, Unit};
+use crate::quota::unit::Unit;
 
 /// How one counter is kept in Redis.
 #[derive(Debug, Clone, PartialEq)]
@@ -443,12 +444,12 @@ pub(crate) fn adjust_op(item: &Item, at: Micros, delta: f64, release: bool) -> O
 }
 
 /// The ops that settle `ticket` to `actual` (`None`: cancel, refund everything).
-pub(crate) fn settle_ops(ticket: &Ticket, actual: Option<&Costs>, release: bool) -> Vec<Op> {
+pub(crate) fn settle_ops(ticket: &Ticket, how: Settled<'_>, release: bool) -> Vec<Op> {
     ticket
         .items
         .iter()
         .filter_map(|it| {
-            let actual = actual.map_or(0.0, |c| c.get(it.unit));
+            let actual = how.amount(it.unit, it.cost);
             adjust_op(it, ticket.at, actual - it.cost, release)
         })
         .collect()
@@ -551,13 +552,21 @@ mod tests {
             used: Vec::new(),
             fallback: false,
         };
-        let ops = settle_ops(&t, Some(&Costs::ZERO.with(Unit::Tokens, 4.0)), true);
+        let ops = settle_ops(
+            &t,
+            Settled::Actual(&crate::quota::unit::Costs::ZERO.with(Unit::Tokens, 4.0)),
+            true,
+        );
         assert_eq!(ops.len(), 2);
         assert_eq!(ops[0].1, ["r", "-6", "12", "1000", "64"].map(String::from));
         assert_eq!(ops[1].1[2], "m1");
         assert_eq!(reconcile_ops(&t).len(), 1, "leases are not reconciled");
         assert_eq!(reconcile_ops(&t)[0].1[1], "10");
-        let same = settle_ops(&t, Some(&Costs::ZERO.with(Unit::Tokens, 10.0)), false);
+        let same = settle_ops(
+            &t,
+            Settled::Actual(&crate::quota::unit::Costs::ZERO.with(Unit::Tokens, 10.0)),
+            false,
+        );
         assert!(same.is_empty());
     }
 }

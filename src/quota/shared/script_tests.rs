@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::plan::{settle_ops, Kind, PlanCtx, Reply, Ticket};
 use super::{OnError, RedisBackend, RedisOptions};
 use crate::quota::clock::{SystemClock, SECOND};
+use crate::quota::reservation::Settled;
 use crate::quota::spec::{CalendarPeriod, LimitSpec, ProviderSpec, WindowKind};
 use crate::quota::state::ProviderState;
 use crate::quota::unit::{Costs, Unit};
@@ -179,7 +180,7 @@ async fn rolling_admits_up_to_the_amount_then_names_a_time() {
         used: Vec::new(),
         fallback: false,
     };
-    b.adjust_later(settle_ops(&ticket, None, true));
+    b.adjust_later(settle_ops(&ticket, Settled::Nothing, true));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(matches!(
         b.admit(&items).await.unwrap(),
@@ -248,7 +249,7 @@ async fn bucket_calendar_and_concurrency_all_or_nothing() {
     };
     b.adjust_later(settle_ops(
         &ticket,
-        Some(&Costs::default().with(Unit::Credits, 5.0)),
+        Settled::Actual(&Costs::default().with(Unit::Credits, 5.0)),
         true,
     ));
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -717,7 +718,10 @@ async fn a_correction_that_ran_after_its_call_timed_out_is_not_applied_again() {
         used: Vec::new(),
         fallback: false,
     };
-    let cancel = || b.corrections(settle_ops(&ticket, None, true)).unwrap();
+    let cancel = || {
+        b.corrections(settle_ops(&ticket, Settled::Nothing, true))
+            .unwrap()
+    };
     let refund = cancel();
     let signal = |sig: &str| {
         let ok = std::process::Command::new("kill")
