@@ -4,7 +4,7 @@ where it matters, at an upstream that enforces the same limit.
 
 Usage: accuracy.py QP_BIN [--proxy-cpu N] [--limit N] [--window-s S] [--seconds S]
 
-The upstream runs in this process: HTTP/1.1 keep-alive, every request head's arrival time
+The upstream runs in a process of its own (see `Upstream`): HTTP/1.1 keep-alive, every request head's arrival time
 recorded (time.monotonic), and the limit enforced as the config states it (never more than
 LIMIT arrivals in any interval of WINDOW seconds): a request past it gets the upstream's own
 429. The clients (threads with keep-alive connections, open loop: request i is sent at
@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import http.client
 import json
+import multiprocessing
 import os
 import queue
 import shutil
@@ -45,48 +46,65 @@ def free_port():
 
 
 class Upstream:
-    """A keep-alive HTTP/1.1 server that records arrivals and enforces a rolling limit."""
+    """A keep-alive HTTP/1.1 server that records arrivals and enforces a rolling limit.
+
+    It runs in a process of its own: in this one its event loop would wait for the GIL
+    behind hundreds of client threads (up to the 5 ms switch interval and more when a burst
+    of answers wakes them), and a request's arrival would be stamped that much late, an
+    error of the instrument a third of the proxy's rolling-window bucket (1/64 of the
+    window) wide."""
 
     def __init__(self, limit, window_s):
-        self.limit, self.window = limit, window_s
-        self.arrivals = []  # monotonic seconds of every request head
-        self.accepted = []  # of those answered 200 (within the limit)
-        self.refused = 0  # answered 429
-        self.lock = threading.Lock()
-        self.port = None
-        ready = threading.Event()
-        threading.Thread(target=self._run, args=(ready,), daemon=True).start()
-        if not ready.wait(10):
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_upstream_process, args=(limit, window_s, child),
+                                 daemon=True)
+        self._proc.start()
+        if not self._conn.poll(10):
             raise RuntimeError("the accuracy upstream did not start")
+        self.port = self._conn.recv()
+
+    def _ask(self, what):
+        self._conn.send(what)
+        return self._conn.recv()
 
     def reset(self):
-        with self.lock:
-            self.arrivals, self.accepted, self.refused = [], [], 0
+        self._ask("reset")
 
-    def _decide(self):
+    def snapshot(self):
+        """(every arrival's monotonic time, how many were answered 429)."""
+        return self._ask("get")
+
+
+def _upstream_process(limit, window_s, conn):
+    """The upstream's process: the server on its event loop, commands from the pipe."""
+    state = {"arrivals": [], "accepted": [], "refused": 0}
+    lock = threading.Lock()
+
+    def decide():
         now = time.monotonic()
-        with self.lock:
-            self.arrivals.append(now)
+        with lock:
+            state["arrivals"].append(now)
             # Accepted arrivals in (now - window, now]: the ones the new one would join.
             recent = 0
-            for t in reversed(self.accepted):
-                if t <= now - self.window:
+            for t in reversed(state["accepted"]):
+                if t <= now - window_s:
                     break
                 recent += 1
-            if recent >= self.limit:
-                self.refused += 1
+            if recent >= limit:
+                state["refused"] += 1
                 return False
-            self.accepted.append(now)
+            state["accepted"].append(now)
             return True
 
-    async def _serve(self, reader, writer):
+    async def serve(reader, writer):
         try:
             while True:
                 try:
                     await reader.readuntil(b"\r\n\r\n")
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
-                if self._decide():
+                if decide():
                     body = b"ok"
                     head = b"HTTP/1.1 200 OK\r\n"
                 else:
@@ -97,14 +115,26 @@ class Upstream:
         finally:
             writer.close()
 
-    def _run(self, ready):
-        async def main():
-            server = await asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=1024)
-            self.port = server.sockets[0].getsockname()[1]
-            ready.set()
-            await server.serve_forever()
+    def commands():
+        while True:
+            try:
+                what = conn.recv()
+            except EOFError:
+                os._exit(0)
+            with lock:
+                if what == "reset":
+                    state.update(arrivals=[], accepted=[], refused=0)
+                    conn.send(None)
+                else:
+                    conn.send((list(state["arrivals"]), state["refused"]))
 
-        asyncio.run(main())
+    async def main():
+        server = await asyncio.start_server(serve, "127.0.0.1", 0, backlog=1024)
+        conn.send(server.sockets[0].getsockname()[1])
+        threading.Thread(target=commands, daemon=True).start()
+        await server.serve_forever()
+
+    asyncio.run(main())
 
 
 def start_proxy(qp_bin, conf_text, workdir, name, pin):
@@ -222,10 +252,9 @@ def drive(proxies, up_port, rate, seconds):
     return counts
 
 
-def judge(up, limit, window_s):
+def judge(arrivals, limit, window_s):
     """The most arrivals in any window, and the share of the permitted throughput used."""
-    with up.lock:
-        arr = sorted(up.arrivals)
+    arr = sorted(arrivals)
     most, j = 0, 0
     for i, t in enumerate(arr):
         # arrivals in [t, t + window): the interval the SPEC bounds
@@ -285,14 +314,15 @@ def main():
             procs.extend(p for p, _ in started)
             up.reset()
             counts = drive([a for _, a in started], up.port, rate, args.seconds)
-            most, used, whole = judge(up, args.limit, args.window_s)
+            arrivals, refused = up.snapshot()
+            most, used, whole = judge(arrivals, args.limit, args.window_s)
             for p, _ in started:
                 p.terminate()
                 p.wait(10)
             results.append({
                 "scenario": name, "limit": args.limit, "window_s": args.window_s,
                 "offered_rate": rate, **counts,
-                "upstream_arrivals": len(up.arrivals), "upstream_refused": up.refused,
+                "upstream_arrivals": len(arrivals), "upstream_refused": refused,
                 "max_in_window": most, "overshoot": max(0, most - args.limit),
                 "used_share": used, "whole_windows": whole,
             })
