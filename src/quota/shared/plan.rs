@@ -568,5 +568,13 @@ mod tests {
             false,
         );
         assert!(same.is_empty());
+        // Sent, cost unknown: every item keeps what it reserved; the lease is released.
+        let kept = settle_ops(&t, Settled::Estimate, true);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].1[2], "m1");
+        // Never sent: everything reserved comes back, and the lease is released.
+        let refund = settle_ops(&t, Settled::Nothing, true);
+        assert_eq!(refund.len(), 2);
+        assert_eq!(refund[0].1[1], "-10");
     }
 }
