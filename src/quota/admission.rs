@@ -118,6 +118,14 @@ pub(crate) fn scope_id<'d>(e: &Entry, d: &Demand<'d>) -> Option<&'d str> {
     }
 }
 
+/// The slot of a limit of another scope than the provider's for this demand: `None` when
+/// the limit does not apply to it, `Some(None)` when its counter does not exist yet.
+#[inline(never)]
+fn scoped_slot(e: &Entry, d: &Demand<'_>) -> Option<Option<u32>> {
+    let sid = scope_id(e, d)?;
+    Some(e.by_scope.get(sid).copied())
+}
+
 /// Reports a first crossing of `warn_at` in this window; re-arms below it.
 pub(crate) fn check_warn(e: &Entry, s: &mut Slot, out: &mut Vec<WarnEvent>, now: Micros) {
     let Some(fraction) = e.spec.warn_at else {
@@ -213,8 +221,15 @@ impl ProviderState {
         let priority = d.priority as usize;
         let Self { entries, slots, .. } = self;
         for e in entries.iter() {
-            let Some(sid) = scope_id(e, d) else {
-                continue;
+            // A provider-scope limit (the common case) is one field away; the others look
+            // their scope id up out of line, which keeps this loop's registers free.
+            let found = if e.spec.scope == Scope::Provider {
+                e.provider_slot
+            } else {
+                match scoped_slot(e, d) {
+                    Some(found) => found,
+                    None => continue,
+                }
             };
             let cost = d.costs.get(e.spec.unit);
             if cost <= 0.0 {
@@ -223,10 +238,6 @@ impl ProviderState {
             if e.shared {
                 return false;
             }
-            let found = match e.spec.scope {
-                Scope::Provider => e.provider_slot,
-                _ => e.by_scope.get(sid).copied(),
-            };
             let Some(slot) = found else {
                 return false;
             };
@@ -356,15 +367,29 @@ impl ProviderState {
     /// move a count (the reservation's `restamp_after`).
     fn apply(&mut self, items: &mut [Item], now: Micros) -> Micros {
         let mut restamp_after = Micros::MAX;
+        let mut grouped = false;
         for item in items.iter_mut() {
             let s = &mut self.slots[item.slot as usize];
-            let e = &self.entries[s.entry as usize];
-            item.tag = s.meter.add(item.cost, now);
-            if let Some(t) = s.meter.restamp_after() {
-                restamp_after = restamp_after.min(t);
-            }
+            let (tag, ends) = s.meter.add_until(item.cost, now);
+            item.tag = tag;
+            restamp_after = restamp_after.min(ends);
             s.outstanding = s.outstanding.saturating_add(1);
-            if let (Some(book), true) = (&mut s.book, item.group != NO_GROUP) {
+            grouped |= item.group != NO_GROUP;
+        }
+        if grouped || self.warns {
+            self.count_shares_and_warn(items, now);
+        }
+        restamp_after
+    }
+
+    /// The rest of [`apply`](Self::apply), for the calls that need it: the client-share
+    /// books of the items charged to a share group, and the `warn_at` crossings.
+    #[inline(never)]
+    fn count_shares_and_warn(&mut self, items: &[Item], now: Micros) {
+        for item in items {
+            let s = &mut self.slots[item.slot as usize];
+            let e = &self.entries[s.entry as usize];
+            if let (true, Some(book)) = (item.group != NO_GROUP, &mut s.book) {
                 if book.period == item.tag {
                     if let Some(u) = book.used.get_mut(item.group as usize) {
                         *u += item.cost;
@@ -375,7 +400,6 @@ impl ProviderState {
                 check_warn(e, s, &mut self.warnings, now);
             }
         }
-        restamp_after
     }
 
     /// Name, scope and scope id of a slot's limit.

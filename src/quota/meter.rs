@@ -82,6 +82,16 @@ impl Meter {
         }
     }
 
+    /// [`add`](Self::add), with [`restamp_after`](Self::restamp_after) of the meter after it
+    /// (`Micros::MAX` for the kinds that have none) in the same dispatch.
+    #[inline]
+    pub fn add_until(&mut self, cost: f64, now: Micros) -> (u64, Micros) {
+        match self {
+            Meter::Rolling(w) => (w.add(cost, now), w.head_end()),
+            _ => (self.add(cost, now), Micros::MAX),
+        }
+    }
+
     /// Counts `cost` at `now`; returns the tag a later settle needs (bucket or period).
     #[inline]
     pub fn add(&mut self, cost: f64, now: Micros) -> u64 {

@@ -81,6 +81,8 @@ pub struct ProviderState {
     pub(crate) warnings: Vec<WarnEvent>,
     /// Item lists of settled reservations, reused by the next admissions.
     pub(crate) pool: Vec<Vec<Item>>,
+    /// Some limit has a `warn_at` (fixed with the spec: a reload builds a new state).
+    pub(crate) warns: bool,
 }
 
 /// [`Entry::caps`] of a limit.
@@ -140,10 +142,12 @@ fn entries_of(spec: &ProviderSpec) -> Vec<Entry> {
 impl ProviderState {
     /// Empty state for `spec`.
     pub fn new(spec: ProviderSpec) -> Self {
+        let entries = entries_of(&spec);
         Self {
             id: NEXT_STATE_ID.fetch_add(1, Ordering::Relaxed),
             generation: 0,
-            entries: entries_of(&spec),
+            warns: entries.iter().any(|e| e.spec.warn_at.is_some()),
+            entries,
             shares: spec.shares.as_ref().map(ShareTable::new),
             spec,
             slots: Vec::new(),
