@@ -82,8 +82,9 @@ impl Meter {
         }
     }
 
-    /// [`add`](Self::add), with [`restamp_after`](Self::restamp_after) of the meter after it
-    /// (`Micros::MAX` for the kinds that have none) in the same dispatch.
+    /// [`add`](Self::add), and until when a call sent would still land in the bucket this
+    /// one landed in: the end of a rolling window's newest bucket (`Micros::MAX` for other
+    /// kinds, which count a call where it was admitted), in the same dispatch.
     #[inline]
     pub fn add_until(&mut self, cost: f64, now: Micros) -> (u64, Micros) {
         match self {
@@ -118,17 +119,6 @@ impl Meter {
             Meter::Bucket(b) => b.adjust(delta, now),
             Meter::Calendar(c) => c.adjust(tag, delta, now),
             Meter::Concurrent(g) => g.release(),
-        }
-    }
-
-    /// Until when a call sent would still land in the bucket a call counted now lands in:
-    /// the end of a rolling window's newest bucket (`None` for other kinds, which count a
-    /// call where it was admitted).
-    #[inline]
-    pub fn restamp_after(&self) -> Option<Micros> {
-        match self {
-            Meter::Rolling(w) => Some(w.head_end()),
-            _ => None,
         }
     }
 
