@@ -83,7 +83,7 @@ pub(crate) struct Counted {
 }
 
 impl Counted {
-    /// The reservation of `demand` in the state `state_id` at `generation`.
+    /// The reservation in the state `state_id` at `generation`, admitted at `now`.
     #[inline]
     pub(crate) fn into_reservation(
         self,

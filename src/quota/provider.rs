@@ -274,11 +274,8 @@ impl Provider {
         if demand.keys.is_empty() {
             // The common case of `attempt`, building the permit straight from the state's
             // answer (the provider's delay policy does not matter here).
-            // The permit's reference is taken before the lock: its atomic increment then
-            // waits on no stores of the admission's.
-            let handle = Arc::clone(&self.0);
-            if let Some(r) = handle.admit_now(demand, now) {
-                return Ok(Permit::new(handle, r, 0));
+            if let Some(r) = self.0.admit_now(demand, now) {
+                return Ok(Permit::new(Arc::clone(&self.0), r, 0));
             }
             return match self.0.with_state(|s| s.try_admit(demand, now)) {
                 Admission::Admitted(r) => Ok(Permit::new(Arc::clone(&self.0), r, 0)),
