@@ -46,7 +46,7 @@
 # first connection to a new host), SSE per-event latency (vs nginx with proxy_buffering off
 # and the bare hyper proxy), the Redis backend with 2 replicas, memory (idle, and per idle
 # connection with 10,000 held), the in-process criterion figures (quota decision vs
-# governor, leaf minting), and accuracy (benches/compare/accuracy.py: one proxy and two
+# governor in DECISION_ROUNDS interleaved rounds on core 0, leaf minting), and accuracy (benches/compare/accuracy.py: one proxy and two
 # Redis replicas offered twice a limit, judged at an upstream enforcing the same limit).
 #
 # Output: a table on stdout and the same as JSON in benches/results/compare-<date>.json.
@@ -79,6 +79,7 @@ SSE_GAP_MS=5
 REDIS_ROUNDS=3
 MEM_CONNS=10000
 CRIT_TIME=2       # criterion measurement seconds per bench
+DECISION_ROUNDS=5 # the decision row: rounds of the admission and governor's check, interleaved
 ACC_LIMIT=100     # accuracy: a limit of ACC_LIMIT requests per ACC_WINDOW_S s, offered at
 ACC_WINDOW_S=1    # twice that for ACC_SECONDS s in each of its four scenarios
 ACC_SECONDS=8
@@ -106,7 +107,7 @@ for arg in "$@"; do
   case "$arg" in
     --quick)
       QUICK=true; ROUNDS=2; DURATION=2; WARMUP=1; TLS_ROUNDS=1; TLS_DURATION=2
-      TLS_NEW_HOSTS=3; SSE_ROUNDS=1; SSE_EVENTS=50; REDIS_ROUNDS=1; MEM_CONNS=${MEM_CONNS_QUICK:-2000}; CRIT_TIME=1; ACC_SECONDS=4
+      TLS_NEW_HOSTS=3; SSE_ROUNDS=1; SSE_EVENTS=50; REDIS_ROUNDS=1; MEM_CONNS=${MEM_CONNS_QUICK:-2000}; CRIT_TIME=1; DECISION_ROUNDS=1; ACC_SECONDS=4
       CRIT_FILTER='governor_keyed_check$|provider_handle_admit_settle_3_limits$|mint_server_config|rcgen_p256|cache_hit'
       ;;
     -h|--help) usage; exit 0 ;;
