@@ -46,8 +46,9 @@
 # first connection to a new host), SSE per-event latency (vs nginx with proxy_buffering off
 # and the bare hyper proxy), the Redis backend with 2 replicas, memory (idle, and per idle
 # connection with 10,000 held), the in-process criterion figures (quota decision vs
-# governor in DECISION_ROUNDS interleaved rounds on core 0, leaf minting), and accuracy (benches/compare/accuracy.py: one proxy and two
-# Redis replicas offered twice a limit, judged at an upstream enforcing the same limit).
+# governor in DECISION_ROUNDS interleaved rounds on core 0, leaf minting), and accuracy
+# (benches/compare/accuracy.py: one proxy and two Redis replicas offered twice a limit,
+# judged at an upstream enforcing the same limit).
 #
 # Output: a table on stdout and the same as JSON in benches/results/compare-<date>.json.
 # Installs nginx-light (or nginx), squid, tinyproxy, wrk, hey, redis and openssl with

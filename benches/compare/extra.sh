@@ -507,19 +507,23 @@ run_criterion() {
   # interleaved rounds on core 0, as the other rows are, the order swapped every round, and
   # the row is the median of the per-round ratios: a single pair measured seconds apart
   # moved by a third from one run to the next on the same guest.
-  local round bench qp_rounds=() gov_rounds=() order
+  local round bench ns qp_rounds=() gov_rounds=() order
   log "criterion: the decision row, $DECISION_ROUNDS interleaved rounds of the admission and governor's check on core 0"
   for round in $(seq "$DECISION_ROUNDS"); do
     order=(provider_handle_admit_3_limits governor_keyed_check)
     (( round % 2 == 0 )) && order=(governor_keyed_check provider_handle_admit_3_limits)
     for bench in "${order[@]}"; do
+      # No estimate from an earlier run may stand in for this round's.
+      rm -f "$ROOT/target/criterion/quota_decision/$bench/new/estimates.json"
       (cd "$ROOT" && "${ON_CORE0[@]}" cargo bench --bench quota -- --warm-up-time 1 \
         --measurement-time "$CRIT_TIME" "quota_decision/$bench\$") >>"$WORK/criterion.log" 2>&1 \
         || die "cargo bench failed: $(tail -5 "$WORK/criterion.log")"
+      ns=$(criterion_ns quota_decision "$bench")
+      [[ -n $ns ]] || die "criterion wrote no estimate for quota_decision/$bench (see $WORK/criterion.log)"
       if [[ $bench == governor_keyed_check ]]; then
-        gov_rounds+=("$(criterion_ns quota_decision "$bench")")
+        gov_rounds+=("$ns")
       else
-        qp_rounds+=("$(criterion_ns quota_decision "$bench")")
+        qp_rounds+=("$ns")
       fi
     done
     log "  decision round $round: admission ${qp_rounds[-1]} ns, governor ${gov_rounds[-1]} ns"
