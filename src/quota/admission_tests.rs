@@ -421,6 +421,25 @@ fn warn_once_per_window() {
 }
 
 #[test]
+fn a_reload_that_adds_warn_at_warns() {
+    // Whether any limit warns is fixed per state; a reload must carry the new answer.
+    let mut st = state(vec![daily("d", Unit::Requests, 10.0)]);
+    let d = Demand::new("c", Costs::default());
+    for _ in 0..8 {
+        ok(st.try_admit(&d, T0));
+    }
+    assert!(!st.has_warnings());
+    st.reconfigure(ProviderSpec::new(
+        "p",
+        vec![daily("d", Unit::Requests, 10.0).with_warn_at(0.8)],
+    ));
+    ok(st.try_admit(&d, T0));
+    let w = st.take_warnings();
+    assert_eq!(w.len(), 1);
+    assert_eq!((w[0].limit.as_str(), w[0].used), ("d", 9.0));
+}
+
+#[test]
 fn snapshot_lists_provider_limits_before_use() {
     let st = state(vec![
         daily("d", Unit::Usd, 5.0),
