@@ -765,6 +765,29 @@ write_meta() {
   python3 - "$WORK/meta.json" <<'EOF'
 import json, os, platform, sys
 e = os.environ
+
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+def cpu_model():
+    for line in (read("/proc/cpuinfo") or "").splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+# How an idle virtual CPU waits: a guest that halts at once (no halt polling) pays the
+# hypervisor's wake-up on every hop of a request at a low rate (the 2k req/s rows).
+def idle():
+    poll = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+    return {
+        "cpuidle_driver": read("/sys/devices/system/cpu/cpuidle/current_driver"),
+        "guest_halt_poll_ns": int(poll) if poll and poll.isdigit() else None,
+    }
+
 meta = {
     "date": e["M_DATE"],
     "quick": e["M_QUICK"] == "true",
@@ -787,6 +810,8 @@ meta = {
     "qp_busy_runtime_threads": [int(w) for w in e["M_QP_WORKERS"].split()],
     "kernel": platform.release(),
     "cpus": os.cpu_count(),
+    "cpu_model": cpu_model(),
+    "idle": idle(),
     "versions": json.loads(e["M_VERSIONS"]),
     "notes": [l for l in e["M_NOTES"].splitlines() if l],
 }

@@ -219,6 +219,14 @@ def main():
     p(f"proxy under test pinned to core 0, one worker; load generator + upstream on core 1; "
       f"nice {meta.get('nice', 0)}.\nquota-proxy (TOKIO_WORKER_THREADS=1), tokio threads that did "
       f"work (quotas off, on): {meta.get('qp_busy_runtime_threads', '?')}")
+    idle = meta.get("idle") or {}
+    if meta.get("cpu_model") or idle.get("cpuidle_driver"):
+        poll = idle.get("guest_halt_poll_ns")
+        p(f"machine: {meta.get('cpu_model') or 'unknown CPU'}, {meta.get('cpus', '?')} CPUs; "
+          f"cpuidle driver {idle.get('cpuidle_driver') or 'none'}"
+          + ("" if poll is None
+             else ", guest halt polling off (an idle vCPU halts at once)" if poll == 0
+             else f", guest halt polling up to {poll} ns"))
 
     kept_rounds = {}
     for scen in SCENARIOS:
