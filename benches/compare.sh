@@ -45,9 +45,9 @@
 # and a new connection per request, vs quota-proxy's own blind tunnel and mitmdump; the
 # first connection to a new host), SSE per-event latency (vs nginx with proxy_buffering off
 # and the bare hyper proxy), the Redis backend with 2 replicas, memory (idle, and per idle
-# connection with 10,000 held), the in-process criterion figures (quota decision vs
-# governor in DECISION_ROUNDS interleaved rounds on core 0, leaf minting), and accuracy
-# (benches/compare/accuracy.py: one proxy and two Redis replicas offered twice a limit,
+# connection with 10,000 held), the in-process figures (quota decision vs governor in
+# DECISION_ROUNDS runs of benches/decision_pairs.rs on core 0, criterion's leaf minting), and
+# accuracy (benches/compare/accuracy.py: one proxy and two Redis replicas offered twice a limit,
 # judged at an upstream enforcing the same limit).
 #
 # Output: a table on stdout and the same as JSON in benches/results/compare-<date>.json.
@@ -80,7 +80,8 @@ SSE_GAP_MS=5
 REDIS_ROUNDS=3
 MEM_CONNS=10000
 CRIT_TIME=2       # criterion measurement seconds per bench
-DECISION_ROUNDS=5 # the decision row: rounds of the admission and governor's check, interleaved
+DECISION_ROUNDS=5 # the decision row: runs of benches/decision_pairs.rs, each of
+DECISION_PAIRS=2000 # pairs of 2,048 admissions and 2,048 governor checks (~0.1 ms each)
 ACC_LIMIT=100     # accuracy: a limit of ACC_LIMIT requests per ACC_WINDOW_S s, offered at
 ACC_WINDOW_S=1    # twice that for ACC_SECONDS s in each of its four scenarios
 ACC_SECONDS=8
@@ -108,7 +109,7 @@ for arg in "$@"; do
   case "$arg" in
     --quick)
       QUICK=true; ROUNDS=2; DURATION=2; WARMUP=1; TLS_ROUNDS=1; TLS_DURATION=2
-      TLS_NEW_HOSTS=3; SSE_ROUNDS=1; SSE_EVENTS=50; REDIS_ROUNDS=1; MEM_CONNS=${MEM_CONNS_QUICK:-2000}; CRIT_TIME=1; DECISION_ROUNDS=1; ACC_SECONDS=4
+      TLS_NEW_HOSTS=3; SSE_ROUNDS=1; SSE_EVENTS=50; REDIS_ROUNDS=1; MEM_CONNS=${MEM_CONNS_QUICK:-2000}; CRIT_TIME=1; DECISION_ROUNDS=1; DECISION_PAIRS=300; ACC_SECONDS=4
       CRIT_FILTER='governor_keyed_check$|provider_handle_admit_settle_3_limits$|mint_server_config|rcgen_p256|cache_hit'
       ;;
     -h|--help) usage; exit 0 ;;
@@ -222,7 +223,7 @@ build() {
   log "cargo build --release (quota-proxy, bench_upstream, bare_proxy, redis_rtt, criterion benches)"
   (cd "$ROOT" && cargo build --release --bin quota-proxy --example bench_upstream \
     --example bare_proxy --example redis_rtt \
-    && cargo bench --no-run --bench quota --bench hot_path) \
+    && cargo bench --no-run --bench quota --bench hot_path --bench decision_pairs) \
     >"$WORK/build.log" 2>&1 || die "build failed: $(grep -m5 -A5 '^error' "$WORK/build.log")"
   ensure_mitmdump
 }
