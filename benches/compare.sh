@@ -2,7 +2,7 @@
 # Performance comparison of quota-proxy against nginx, Squid, tinyproxy and mitmproxy on
 # every SPEC §13 row, following BENCHMARKING.md; results in docs/performance.md.
 #
-#   bash benches/compare.sh            # full: every SPEC §13 row (~18 min)
+#   bash benches/compare.sh            # full: every SPEC §13 row (~20 min)
 #   bash benches/compare.sh --quick    # smoke run: fewer, shorter rounds (~6 min)
 #   COMPARE_SECTIONS="plain tls sse redis memory criterion accuracy"   # default: all
 #
@@ -21,7 +21,9 @@
 # (forward proxy, no cache, no logs),
 # tinyproxy (forward proxy; it closes every client connection, so only in new_conn).
 #
-# Scenarios, each: warm-up of 2 s per target, then N rounds of A B C D E:
+# Scenarios, each: warm-up of 2 s per target, then N rounds, A B C D E in odd rounds and
+# E D C B A in even ones (a drift of the machine's speed within a round then favours
+# neither side of a ratio across rounds):
 #   keepalive   wrk, 50 keep-alive connections, saturation: requests/s, CPU/request
 #   equal_load  wrk, 50 keep-alive connections, every target paced at one rate: half the
 #               median saturation rate of quota-proxy with quotas on in keepalive (so
@@ -60,7 +62,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HELPERS="$ROOT/benches/compare"
 
-ROUNDS=5
+ROUNDS=6          # an even number: as many rounds in each order
 DURATION=4        # seconds per target per round
 WARMUP=2          # seconds per target before the rounds of each scenario
 MAX_STEAL_PCT=2
@@ -730,7 +732,12 @@ run_scenario() { # SCENARIO
   for t in "${targets[@]}"; do measure "$scen" 0 "$t" "$WARMUP"; done
   for r in $(seq "$ROUNDS"); do
     read -r -a s0 <<<"$(proc_stat)"
-    for t in "${targets[@]}"; do measure "$scen" "$r" "$t" "$DURATION"; done
+    local order=("${targets[@]}") i
+    if (( r % 2 == 0 )); then
+      order=()
+      for (( i = ${#targets[@]} - 1; i >= 0; i-- )); do order+=("${targets[i]}"); done
+    fi
+    for t in "${order[@]}"; do measure "$scen" "$r" "$t" "$DURATION"; done
     read -r -a s1 <<<"$(proc_stat)"
     steal=$(awk -v t="$((s1[0] - s0[0]))" -v s="$((s1[1] - s0[1]))" \
       'BEGIN { printf "%.2f", (t > 0) ? 100 * s / t : 0 }')
