@@ -73,7 +73,7 @@ EQUAL_RATE_FALLBACK=20000 # req/s, scenario equal_load when keepalive measured n
 NEWCONN_RATE=1000 # req/s, scenario new_conn (hey -q is per worker: rate = workers x q)
 NEWCONN_WORKERS=10
 QUICK=false
-TLS_ROUNDS=3      # intercepted HTTPS rounds (keep-alive and new connection)
+TLS_ROUNDS=4      # intercepted HTTPS rounds (keep-alive and new connection), order alternating
 TLS_DURATION=4
 TLS_NEW_HOSTS=7   # first connections to new intercepted hosts
 SSE_ROUNDS=3

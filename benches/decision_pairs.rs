@@ -17,48 +17,20 @@
 //! ratio's quartiles.
 
 use std::hint::black_box;
-use std::num::NonZeroU32;
 use std::time::Duration;
 
-use governor::{Quota, RateLimiter};
-use quota_proxy::quota::{
-    CalendarPeriod, Costs, Demand, Engine, FastClock, LimitSpec, Provider, ProviderSpec, Unit,
-    WindowKind, SECOND,
-};
+use quota_proxy::quota::{Costs, Demand, Engine, FastClock, Provider, Unit};
 use tokio::time::Instant;
 
-const HUGE: f64 = 1e15;
 /// Permits held at once: below the state's pool of item lists (as in `benches/quota.rs`).
 const ADMIT_BATCH: usize = 128;
 /// Operations per slice of one side: about a tenth of a millisecond of either.
 const SLICE: usize = 16 * ADMIT_BATCH;
 const DEFAULT_PAIRS: usize = 400;
 
-fn spec() -> ProviderSpec {
-    let minute = WindowKind::Rolling { len: 60 * SECOND };
-    ProviderSpec::new(
-        "openai",
-        vec![
-            LimitSpec::new("rpm", Unit::Requests, HUGE, minute),
-            LimitSpec::new("tpm", Unit::Tokens, HUGE, minute),
-            LimitSpec::new(
-                "daily-usd",
-                Unit::Usd,
-                HUGE,
-                WindowKind::Calendar {
-                    period: CalendarPeriod::Day,
-                    tz: chrono_tz::Europe::Berlin,
-                },
-            ),
-        ],
-    )
-}
-
-fn costs() -> Costs {
-    Costs::default()
-        .with(Unit::Tokens, 900.0)
-        .with(Unit::Usd, 0.0004)
-}
+#[path = "fixtures/decision.rs"]
+mod fixture;
+use fixture::{costs, governor_limiter, spec};
 
 /// Nanoseconds per admission over one slice; permits are settled untimed, per batch.
 fn admissions(provider: &Provider, demand: &Demand<'_>, actual: &Costs) -> f64 {
@@ -110,8 +82,7 @@ fn main() {
     };
     let demand = Demand::new("svc", costs()).with_key("team-a");
     let actual = costs().with(Unit::Tokens, 700.0);
-    let quota = Quota::per_second(NonZeroU32::new(u32::MAX).unwrap_or(NonZeroU32::MIN));
-    let limiter: governor::DefaultKeyedRateLimiter<&'static str> = RateLimiter::keyed(quota);
+    let limiter = governor_limiter();
 
     // Warm-up: caches, branch predictors, the state's pool of item lists, the clock.
     let warm = Instant::now();

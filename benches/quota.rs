@@ -7,7 +7,6 @@
 //! Run: `cargo bench --bench quota -- --warm-up-time 1 --measurement-time 3`
 
 use std::hint::black_box;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -16,39 +15,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use governor::{Quota, RateLimiter};
 use quota_proxy::quota::{
-    Admission, CalendarPeriod, Clock, Costs, Demand, Engine, FastClock, LimitSpec, Provider,
-    ProviderSpec, ProviderState, SystemClock, Unit, WindowKind, SECOND,
+    Admission, Clock, Costs, Demand, Engine, FastClock, Provider, ProviderState, SystemClock, Unit,
+    SECOND,
 };
 
-const HUGE: f64 = 1e15;
-
-fn spec() -> ProviderSpec {
-    let minute = WindowKind::Rolling { len: 60 * SECOND };
-    ProviderSpec::new(
-        "openai",
-        vec![
-            LimitSpec::new("rpm", Unit::Requests, HUGE, minute),
-            LimitSpec::new("tpm", Unit::Tokens, HUGE, minute),
-            LimitSpec::new(
-                "daily-usd",
-                Unit::Usd,
-                HUGE,
-                WindowKind::Calendar {
-                    period: CalendarPeriod::Day,
-                    tz: chrono_tz::Europe::Berlin,
-                },
-            ),
-        ],
-    )
-}
-
-fn costs() -> Costs {
-    Costs::default()
-        .with(Unit::Tokens, 900.0)
-        .with(Unit::Usd, 0.0004)
-}
+#[path = "fixtures/decision.rs"]
+mod fixture;
+use fixture::{costs, governor_limiter, spec};
 
 fn engine_once(engine: &Engine, demand: &Demand<'_>, actual: &Costs) {
     match engine.try_admit("openai", demand) {
@@ -62,11 +36,6 @@ fn handle_once(provider: &Provider, demand: &Demand<'_>, actual: &Costs) {
         Ok(p) => p.settle(actual),
         Err(e) => panic!("refused: {e}"),
     }
-}
-
-fn governor_limiter() -> governor::DefaultKeyedRateLimiter<&'static str> {
-    let q = Quota::per_second(NonZeroU32::new(u32::MAX).unwrap_or(NonZeroU32::MIN));
-    RateLimiter::keyed(q)
 }
 
 /// Permits held at once by [`admit_only`]: below the state's pool of item lists, so that

@@ -192,8 +192,13 @@ run_tls() {
     "mitmdump|127.0.0.1:$MITM_PORT|$TLS_HOST|$MITM_PID")
   log "TLS keep-alive: warm-up, then $rounds rounds of ${d}s (hey, 10 connections)"
   for t in "${T[@]}"; do IFS='|' read -r name p h pid <<<"$t"; tls_run "$p" "$h" "$pid" 2 yes 10 >/dev/null; done
+  # As the plain rounds: the order reversed in even rounds, so that a drift of the guest's
+  # speed within a round favours neither side of a ratio.
+  local -a order
   for r in $(seq "$rounds"); do
-    for t in "${T[@]}"; do
+    order=("${T[@]}")
+    (( r % 2 == 0 )) && order=("${T[2]}" "${T[1]}" "${T[0]}")
+    for t in "${order[@]}"; do
       IFS='|' read -r name p h pid <<<"$t"
       read -r n cpu <<<"$(tls_run "$p" "$h" "$pid" "$d" yes 10)"
       [[ $n -gt 0 ]] || die "TLS keep-alive $name: no successful request"
@@ -208,7 +213,9 @@ run_tls() {
   log "TLS new connection per request: $rounds rounds of ${d}s (hey -disable-keepalive, 4 workers)"
   local -a T2=("intercept|$QPT_ADDR|$TLS_HOST|$QPT_PID" "mitmdump|127.0.0.1:$MITM_PORT|$TLS_HOST|$MITM_PID")
   for r in $(seq "$rounds"); do
-    for t in "${T2[@]}"; do
+    order=("${T2[@]}")
+    (( r % 2 == 0 )) && order=("${T2[1]}" "${T2[0]}")
+    for t in "${order[@]}"; do
       IFS='|' read -r name p h pid <<<"$t"
       read -r n cpu <<<"$(tls_run "$p" "$h" "$pid" "$d" no 4)"
       [[ $n -gt 0 ]] || die "TLS new-connection $name: no successful request"
