@@ -112,7 +112,7 @@ for arg in "$@"; do
     --quick)
       QUICK=true; ROUNDS=2; DURATION=2; WARMUP=1; TLS_ROUNDS=1; TLS_DURATION=2
       TLS_NEW_HOSTS=3; SSE_ROUNDS=1; SSE_EVENTS=50; REDIS_ROUNDS=1; MEM_CONNS=${MEM_CONNS_QUICK:-2000}; CRIT_TIME=1; DECISION_ROUNDS=1; DECISION_PAIRS=300; ACC_SECONDS=4
-      CRIT_FILTER='governor_keyed_check$|provider_handle_admit_settle_3_limits$|mint_server_config|rcgen_p256|cache_hit'
+      CRIT_FILTER='provider_handle_admit_settle_3_limits$|mint_server_config|rcgen_p256|cache_hit'
       ;;
     -h|--help) usage; exit 0 ;;
     *) echo "compare.sh: unknown argument $arg" >&2; usage >&2; exit 2 ;;
@@ -732,12 +732,8 @@ run_scenario() { # SCENARIO
   for t in "${targets[@]}"; do measure "$scen" 0 "$t" "$WARMUP"; done
   for r in $(seq "$ROUNDS"); do
     read -r -a s0 <<<"$(proc_stat)"
-    local order=("${targets[@]}") i
-    if (( r % 2 == 0 )); then
-      order=()
-      for (( i = ${#targets[@]} - 1; i >= 0; i-- )); do order+=("${targets[i]}"); done
-    fi
-    for t in "${order[@]}"; do measure "$scen" "$r" "$t" "$DURATION"; done
+    round_order "$r" "${targets[@]}"
+    for t in "${ORDER[@]}"; do measure "$scen" "$r" "$t" "$DURATION"; done
     read -r -a s1 <<<"$(proc_stat)"
     steal=$(awk -v t="$((s1[0] - s0[0]))" -v s="$((s1[1] - s0[1]))" \
       'BEGIN { printf "%.2f", (t > 0) ? 100 * s / t : 0 }')

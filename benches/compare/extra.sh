@@ -57,6 +57,19 @@ ratios_of() {
   echo "${out[*]}"
 }
 
+# The items in round R's order: as given in odd rounds, reversed in even ones, so that a
+# drift of the guest's speed within a round favours neither side of a ratio across rounds.
+# Sets ORDER. round_order R ITEM...
+round_order() {
+  local r=$1 i
+  shift
+  ORDER=("$@")
+  if (( r % 2 == 0 )); then
+    ORDER=()
+    for (( i = $#; i >= 1; i-- )); do ORDER+=("${!i}"); done
+  fi
+}
+
 median_of() { python3 -c 'import statistics,sys; v=[float(x) for x in sys.argv[1:] if x not in ("","None")]; print(statistics.median(v) if v else "")' "$@"; }
 
 # CPU µs of PIDS while running a command (whose stdout is passed through).
@@ -192,13 +205,9 @@ run_tls() {
     "mitmdump|127.0.0.1:$MITM_PORT|$TLS_HOST|$MITM_PID")
   log "TLS keep-alive: warm-up, then $rounds rounds of ${d}s (hey, 10 connections)"
   for t in "${T[@]}"; do IFS='|' read -r name p h pid <<<"$t"; tls_run "$p" "$h" "$pid" 2 yes 10 >/dev/null; done
-  # As the plain rounds: the order reversed in even rounds, so that a drift of the guest's
-  # speed within a round favours neither side of a ratio.
-  local -a order
   for r in $(seq "$rounds"); do
-    order=("${T[@]}")
-    (( r % 2 == 0 )) && order=("${T[2]}" "${T[1]}" "${T[0]}")
-    for t in "${order[@]}"; do
+    round_order "$r" "${T[@]}"
+    for t in "${ORDER[@]}"; do
       IFS='|' read -r name p h pid <<<"$t"
       read -r n cpu <<<"$(tls_run "$p" "$h" "$pid" "$d" yes 10)"
       [[ $n -gt 0 ]] || die "TLS keep-alive $name: no successful request"
@@ -213,9 +222,8 @@ run_tls() {
   log "TLS new connection per request: $rounds rounds of ${d}s (hey -disable-keepalive, 4 workers)"
   local -a T2=("intercept|$QPT_ADDR|$TLS_HOST|$QPT_PID" "mitmdump|127.0.0.1:$MITM_PORT|$TLS_HOST|$MITM_PID")
   for r in $(seq "$rounds"); do
-    order=("${T2[@]}")
-    (( r % 2 == 0 )) && order=("${T2[1]}" "${T2[0]}")
-    for t in "${order[@]}"; do
+    round_order "$r" "${T2[@]}"
+    for t in "${ORDER[@]}"; do
       IFS='|' read -r name p h pid <<<"$t"
       read -r n cpu <<<"$(tls_run "$p" "$h" "$pid" "$d" no 4)"
       [[ $n -gt 0 ]] || die "TLS new-connection $name: no successful request"
