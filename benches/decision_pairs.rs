@@ -22,32 +22,17 @@ use std::time::Duration;
 use quota_proxy::quota::{Costs, Demand, Engine, FastClock, Provider, Unit};
 use tokio::time::Instant;
 
-/// Permits held at once: below the state's pool of item lists (as in `benches/quota.rs`).
-const ADMIT_BATCH: usize = 128;
 /// Operations per slice of one side: about a tenth of a millisecond of either.
-const SLICE: usize = 16 * ADMIT_BATCH;
+const SLICE: u64 = 16 * ADMIT_BATCH;
 const DEFAULT_PAIRS: usize = 400;
 
 #[path = "fixtures/decision.rs"]
 mod fixture;
-use fixture::{costs, governor_limiter, spec};
+use fixture::{admit_only, costs, governor_limiter, spec, ADMIT_BATCH};
 
 /// Nanoseconds per admission over one slice; permits are settled untimed, per batch.
 fn admissions(provider: &Provider, demand: &Demand<'_>, actual: &Costs) -> f64 {
-    let mut permits = Vec::with_capacity(ADMIT_BATCH);
-    let mut timed = Duration::ZERO;
-    for _ in 0..SLICE / ADMIT_BATCH {
-        let start = Instant::now();
-        for _ in 0..ADMIT_BATCH {
-            match provider.try_admit(black_box(demand)) {
-                Ok(p) => permits.push(p),
-                Err(e) => panic!("refused: {e}"),
-            }
-        }
-        timed += start.elapsed();
-        permits.drain(..).for_each(|p| p.settle(actual));
-    }
-    timed.as_nanos() as f64 / SLICE as f64
+    admit_only(provider, demand, actual, SLICE).as_nanos() as f64 / SLICE as f64
 }
 
 /// Nanoseconds per keyed check over one slice.

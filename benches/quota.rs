@@ -22,7 +22,7 @@ use quota_proxy::quota::{
 
 #[path = "fixtures/decision.rs"]
 mod fixture;
-use fixture::{costs, governor_limiter, spec};
+use fixture::{admit_only, costs, governor_limiter, spec};
 
 fn engine_once(engine: &Engine, demand: &Demand<'_>, actual: &Costs) {
     match engine.try_admit("openai", demand) {
@@ -36,31 +36,6 @@ fn handle_once(provider: &Provider, demand: &Demand<'_>, actual: &Costs) {
         Ok(p) => p.settle(actual),
         Err(e) => panic!("refused: {e}"),
     }
-}
-
-/// Permits held at once by [`admit_only`]: below the state's pool of item lists, so that
-/// admissions reuse lists as they do in steady state.
-const ADMIT_BATCH: u64 = 128;
-
-/// Times `iters` admissions in batches; each batch's permits are settled untimed.
-fn admit_only(provider: &Provider, demand: &Demand<'_>, actual: &Costs, iters: u64) -> Duration {
-    let mut permits = Vec::with_capacity(ADMIT_BATCH as usize);
-    let mut total = Duration::ZERO;
-    let mut left = iters;
-    while left > 0 {
-        let n = left.min(ADMIT_BATCH);
-        let start = Instant::now();
-        for _ in 0..n {
-            match provider.try_admit(black_box(demand)) {
-                Ok(p) => permits.push(p),
-                Err(e) => panic!("refused: {e}"),
-            }
-        }
-        total += start.elapsed();
-        permits.drain(..).for_each(|p| p.settle(actual));
-        left -= n;
-    }
-    total
 }
 
 /// Times `iters` calls of `op` on this thread while another thread runs `op` in a loop.
