@@ -3,7 +3,7 @@
 //! will.
 
 use crate::quota::clock::Micros;
-use crate::quota::fit::Fit;
+use crate::quota::fit::{Fit, Undo};
 use crate::quota::priority::Priority;
 use crate::quota::reservation::{Item, Reservation, NO_GROUP};
 use crate::quota::shares::ShareFit;
@@ -187,18 +187,100 @@ impl ProviderState {
     /// now, and the call is counted in each. `None` (nothing counted) sends the caller to
     /// `try_admit`'s full decision. A caller holding this state under a lock builds the
     /// reservation after releasing it: the lock's release then waits on fewer stores.
+    ///
+    /// One pass over the limits checks and counts each (then `items` is exactly what
+    /// `decide` would fill). At the first that has no room now, or that is governed by
+    /// client shares, the counts taken so far are put back exactly and `decide` answers.
+    /// It never creates a counter: a limit+scope seen for the first time goes to `decide`.
     #[inline(always)]
-    pub(crate) fn count_if_fits(&mut self, demand: &Demand<'_>, now: Micros) -> Option<Counted> {
+    pub(crate) fn count_if_fits(&mut self, d: &Demand<'_>, now: Micros) -> Option<Counted> {
         let mut items = self.take_items();
-        if !self.fits_now(demand, now, &mut items) {
-            self.recycle(items);
+        let priority = d.priority as usize;
+        let mut restamp_after = Micros::MAX;
+        let Self {
+            entries,
+            slots,
+            undo,
+            ..
+        } = self;
+        // One undo per limit, written by item index: no length to keep.
+        if undo.len() < entries.len() {
+            undo.resize(entries.len(), Undo::default());
+        }
+        let counted_all = 'all: {
+            for e in entries.iter() {
+                // A provider-scope limit (the common case) is one field away; the others
+                // look their scope id up out of line, which keeps this loop's registers free.
+                let found = if e.spec.scope == Scope::Provider {
+                    e.provider_slot
+                } else {
+                    match scoped_slot(e, d) {
+                        Some(found) => found,
+                        None => continue,
+                    }
+                };
+                let cost = d.costs.raw(e.spec.unit);
+                // Zero, negative and NaN costs (0 to `Costs::get`) count nothing here.
+                if cost.is_nan() || cost <= 0.0 {
+                    continue;
+                }
+                // An infinite one (`f64::MAX` to `get`) is too large: `decide` says so.
+                if cost == f64::INFINITY {
+                    break 'all false;
+                }
+                let Some(slot) = found.filter(|_| !e.shared) else {
+                    break 'all false;
+                };
+                let Some(s) = slots.get_mut(slot as usize) else {
+                    break 'all false;
+                };
+                let cap = &e.caps[priority];
+                debug_assert_eq!(
+                    cap.cap.to_bits(),
+                    (s.meter.capacity(e.spec.amount) * (1.0 - e.spec.reserve.fraction(d.priority)))
+                        .to_bits()
+                );
+                let Some((tag, ends, u)) = s.meter.add_if_fits(cost, cap, now) else {
+                    break 'all false;
+                };
+                // Not saturating: four billion calls in flight in one slot cannot be held.
+                s.outstanding += 1;
+                undo[items.len()] = u;
+                items.push(Item {
+                    slot,
+                    cost,
+                    tag,
+                    group: NO_GROUP,
+                });
+                restamp_after = restamp_after.min(ends);
+            }
+            true
+        };
+        if !counted_all {
+            self.put_back(items);
             return None;
         }
-        let restamp_after = self.apply(&mut items, now);
+        // No item is charged to a share group: only warnings may be left to do.
+        if self.warns {
+            self.count_shares_and_warn(&items, now);
+        }
         Some(Counted {
             items,
             restamp_after,
         })
+    }
+
+    /// Takes back what [`count_if_fits`](Self::count_if_fits) counted before a limit without
+    /// room stopped it, and recycles the list.
+    #[cold]
+    #[inline(never)]
+    fn put_back(&mut self, items: Vec<Item>) {
+        for (item, undo) in items.iter().zip(&self.undo).rev() {
+            let s = &mut self.slots[item.slot as usize];
+            s.meter.undo_add(*undo);
+            s.outstanding -= 1;
+        }
+        self.recycle(items);
     }
 
     /// The decision `try_admit` would take, reserving nothing (even in shadow mode):
@@ -208,59 +290,6 @@ impl ProviderState {
         let verdict = self.decide(demand, now, &mut items);
         self.recycle(items);
         verdict
-    }
-
-    /// The common case of [`decide`](Self::decide), without its bookkeeping: `true` when
-    /// every applicable limit has room now (then `items` is exactly what `decide` would
-    /// fill). `false` when one has not, or when a client-share limit applies: the caller
-    /// clears `items` and asks `decide` for the full answer. Counts nothing.
-    ///
-    /// It never creates a counter: a limit+scope seen for the first time goes to `decide`.
-    #[inline]
-    fn fits_now(&mut self, d: &Demand<'_>, now: Micros, items: &mut Vec<Item>) -> bool {
-        let priority = d.priority as usize;
-        let Self { entries, slots, .. } = self;
-        for e in entries.iter() {
-            // A provider-scope limit (the common case) is one field away; the others look
-            // their scope id up out of line, which keeps this loop's registers free.
-            let found = if e.spec.scope == Scope::Provider {
-                e.provider_slot
-            } else {
-                match scoped_slot(e, d) {
-                    Some(found) => found,
-                    None => continue,
-                }
-            };
-            let cost = d.costs.get(e.spec.unit);
-            if cost <= 0.0 {
-                continue;
-            }
-            if e.shared {
-                return false;
-            }
-            let Some(slot) = found else {
-                return false;
-            };
-            let Some(s) = slots.get_mut(slot as usize) else {
-                return false;
-            };
-            let cap = &e.caps[priority];
-            debug_assert_eq!(
-                cap.cap.to_bits(),
-                (s.meter.capacity(e.spec.amount) * (1.0 - e.spec.reserve.fraction(d.priority)))
-                    .to_bits()
-            );
-            if !s.meter.fits_now(cost, cap, now) {
-                return false;
-            }
-            items.push(Item {
-                slot,
-                cost,
-                tag: 0,
-                group: NO_GROUP,
-            });
-        }
-        true
     }
 
     /// Fills `items` with every applicable limit+scope and its cost; returns the refusal,

@@ -547,3 +547,63 @@ fn restamping_a_reservation_without_rolling_windows_moves_nothing() {
     st.settle(r, &Costs::default(), T0 + 11 * SECOND);
     assert_eq!(used(&st, "conc", "", T0 + 11 * SECOND), 0.0);
 }
+
+/// A call that a later limit refuses after the earlier ones counted it leaves every counter
+/// bit for bit as it was, in each kind of meter: the counts are put back, not subtracted
+/// (here `0.1 + 0.2 + 0.2 - 0.2` would read `0.3`, not the `0.30000000000000004` counted).
+#[test]
+fn a_refusal_after_counting_puts_every_counter_back_exactly() {
+    let spec = || {
+        ProviderSpec::new(
+            "p",
+            vec![
+                rolling("usd-minute", Unit::Usd, 1e6, MIN),
+                daily("usd-day", Unit::Usd, 1e6),
+                LimitSpec::new(
+                    "usd-bucket",
+                    Unit::Usd,
+                    1e6,
+                    WindowKind::TokenBucket {
+                        len: MIN,
+                        burst: 1e6,
+                    },
+                ),
+                concurrent(100.0),
+                rolling("rpm", Unit::Requests, 2.0, MIN),
+            ],
+        )
+    };
+    let usd = |v: f64| Demand::new("c", Costs::default().with(Unit::Usd, v));
+    let (mut refused, mut reference) = (ProviderState::new(spec()), ProviderState::new(spec()));
+    for st in [&mut refused, &mut reference] {
+        // The first call creates the counters; the second is counted in one pass.
+        ok(st.try_admit(&usd(0.1), T0));
+        ok(st.try_admit(&usd(0.2), T0 + 1));
+    }
+    assert_eq!(
+        used(&refused, "usd-minute", "", T0 + 2),
+        0.1 + 0.2,
+        "the sum that does not survive a subtraction"
+    );
+    // Every USD limit and the concurrency gauge count it before the request limit refuses;
+    // the reference only asks (its meters move to the same time, counting nothing).
+    let w = wait(refused.try_admit(&usd(0.2), T0 + 2));
+    assert_eq!(w.limit, "rpm");
+    assert!(matches!(
+        reference.check(&usd(0.2), T0 + 2),
+        Some(Verdict::Wait(_))
+    ));
+    let now = T0 + 3;
+    let counters = |st: &ProviderState| {
+        st.slots
+            .iter()
+            .map(|s| (s.meter.used(now).to_bits(), s.outstanding))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(counters(&refused), counters(&reference));
+    // And the state decides the same afterwards.
+    assert_eq!(
+        wait(refused.try_admit(&usd(0.2), now)).until,
+        wait(reference.try_admit(&usd(0.2), now)).until
+    );
+}

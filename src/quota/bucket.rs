@@ -96,6 +96,12 @@ impl TokenBucket {
         Fit::At(self.last.saturating_add(wait.max(1)))
     }
 
+    /// Puts the level back to what [`level`](Self::level) read before an `add` at the same
+    /// time (the admission's exact undo).
+    pub(crate) fn set_level(&mut self, level: f64) {
+        self.level = level;
+    }
+
     /// Takes `cost` tokens at `now`.
     #[inline]
     pub fn add(&mut self, cost: f64, now: Micros) {

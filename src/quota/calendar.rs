@@ -13,7 +13,7 @@ use chrono::{
 use chrono_tz::Tz;
 
 use crate::quota::clock::{Micros, SECOND};
-use crate::quota::fit::{fits, Cap, Fit};
+use crate::quota::fit::{fits, Cap, Fit, Undo};
 use crate::quota::spec::CalendarPeriod;
 
 const HOUR: Micros = 3600 * SECOND;
@@ -210,11 +210,28 @@ impl CalendarCounter {
         }
     }
 
-    /// `self.fit(cost, cap.cap, now) == Fit::Now`.
+    /// When `self.fit(cost, cap.cap, now) == Fit::Now`, counts `cost` as [`add`](Self::add)
+    /// does and returns the period start and what [`undo_add`](Self::undo_add) puts back;
+    /// otherwise counts nothing.
     #[inline]
-    pub fn fits_now(&mut self, cost: f64, cap: &Cap, now: Micros) -> bool {
+    pub(crate) fn add_if_fits(
+        &mut self,
+        cost: f64,
+        cap: &Cap,
+        now: Micros,
+    ) -> Option<(Micros, Undo)> {
         self.advance(now);
-        cap.admits(0.0, cost) && cap.admits(self.used, cost)
+        if !(cap.admits(0.0, cost) && cap.admits(self.used, cost)) {
+            return None;
+        }
+        let undo = Undo(self.used, 0.0);
+        self.used = undo.0 + cost;
+        Some((self.start, undo))
+    }
+
+    /// Takes back the last [`add_if_fits`](Self::add_if_fits), with nothing changed since.
+    pub(crate) fn undo_add(&mut self, undo: Undo) {
+        self.used = undo.0;
     }
 
     /// Adds `cost`; returns the period start it landed in.

@@ -57,6 +57,12 @@ impl Cap {
     }
 }
 
+/// What counting one cost overwrote in a meter (a rolling window's bucket and sum, a
+/// calendar period's or a bucket's level), for putting it back exactly: `x + c - c` is not
+/// always `x` in floating point. Valid only until the meter changes again.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Undo(pub(crate) f64, pub(crate) f64);
+
 /// A sanitised finite, non-negative amount (NaN and negatives become 0).
 #[inline]
 pub fn non_negative(v: f64) -> f64 {

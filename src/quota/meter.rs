@@ -4,7 +4,7 @@ use crate::quota::bucket::TokenBucket;
 use crate::quota::calendar::CalendarCounter;
 use crate::quota::clock::Micros;
 use crate::quota::concurrency::ConcurrencyGauge;
-use crate::quota::fit::{non_negative, Cap, Fit};
+use crate::quota::fit::{non_negative, Cap, Fit, Undo};
 use crate::quota::rolling::RollingWindow;
 use crate::quota::spec::{LimitSpec, WindowKind};
 use crate::quota::unit::Unit;
@@ -70,15 +70,52 @@ impl Meter {
         }
     }
 
-    /// `self.fit(cost, cap.cap, now).is_now()` where that is cheaper to tell: a rolling
-    /// window or calendar counter compares against the precomputed bound. May say `false`
-    /// where `fit` would say `Now` after a longer look (the caller then asks `fit`).
+    /// When `self.fit(cost, cap.cap, now)` says `Now` (a rolling window or calendar counter
+    /// tells it from the precomputed bound, and may say no where `fit` would say `Now` after
+    /// a longer look), counts `cost` as [`add_until`](Self::add_until) does and returns the
+    /// same, with what [`undo_add`](Self::undo_add) needs; otherwise counts nothing.
     #[inline]
-    pub fn fits_now(&mut self, cost: f64, cap: &Cap, now: Micros) -> bool {
+    pub(crate) fn add_if_fits(
+        &mut self,
+        cost: f64,
+        cap: &Cap,
+        now: Micros,
+    ) -> Option<(u64, Micros, Undo)> {
+        // The common kind first, on a branch rather than through the jump table.
+        if let Meter::Rolling(w) = self {
+            return w.add_if_fits(cost, cap, now);
+        }
         match self {
-            Meter::Rolling(w) => w.fits_now(cost, cap, now),
-            Meter::Calendar(c) => c.fits_now(cost, cap, now),
-            _ => self.fit(cost, cap.cap, now).is_now(),
+            Meter::Rolling(w) => w.add_if_fits(cost, cap, now),
+            Meter::Calendar(c) => c
+                .add_if_fits(cost, cap, now)
+                .map(|(start, undo)| (start, Micros::MAX, undo)),
+            Meter::Bucket(b) => {
+                if !b.fit(cost, cap.cap, now).is_now() {
+                    return None;
+                }
+                let undo = Undo(b.level(), 0.0);
+                b.add(cost, now);
+                Some((0, Micros::MAX, undo))
+            }
+            Meter::Concurrent(g) => {
+                if !g.fit(cap.cap).is_now() {
+                    return None;
+                }
+                g.acquire();
+                Some((0, Micros::MAX, Undo::default()))
+            }
+        }
+    }
+
+    /// Takes back the last [`add_if_fits`](Self::add_if_fits), with nothing changed since.
+    #[inline]
+    pub(crate) fn undo_add(&mut self, undo: Undo) {
+        match self {
+            Meter::Rolling(w) => w.undo_add(undo),
+            Meter::Calendar(c) => c.undo_add(undo),
+            Meter::Bucket(b) => b.set_level(undo.0),
+            Meter::Concurrent(g) => g.release(),
         }
     }
 

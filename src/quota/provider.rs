@@ -1,9 +1,11 @@
-//! One provider inside the engine: its `Mutex<ProviderState>` (never held across an
-//! await), its delay queue, and the admission policy (delay or reject) around them.
+//! One provider inside the engine: its `Mutex<ProviderState>` (`parking_lot`'s, which has
+//! no poison to check on each admission; never held across an await), its delay queue, and the admission policy (delay or reject) around them.
 //! [`Provider`] is a cheap handle on it; keep one to skip the engine's name lookup.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::quota::admission::Demand;
@@ -91,8 +93,11 @@ impl ProviderHandle {
         &self.name
     }
 
+    /// The state, locked. `parking_lot`'s mutex has no poisoning: a panic while the lock was
+    /// held does not stop later admissions (the standard mutex's poison was ignored too).
+    #[inline(always)]
     pub(crate) fn lock(&self) -> MutexGuard<'_, ProviderState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock()
     }
 
     /// Runs `f` on the state, then reports warnings outside the lock.
@@ -105,17 +110,24 @@ impl ProviderHandle {
     }
 
     /// Unlocks the state, then reports the warnings it took.
-    #[inline]
-    fn release(&self, mut state: MutexGuard<'_, ProviderState>) {
-        let hook = self.shared.warn_hook.get();
-        let warnings = match hook {
-            Some(_) if state.has_warnings() => state.take_warnings(),
-            _ => return,
-        };
-        drop(state);
-        if let Some(hook) = hook {
-            warnings.iter().for_each(|w| hook(&self.name, w));
+    #[inline(always)]
+    fn release(&self, state: MutexGuard<'_, ProviderState>) {
+        if state.has_warnings() {
+            self.report(state);
         }
+    }
+
+    /// The rest of [`release`](Self::release), out of the admission's line: takes the
+    /// warnings (when a hook is set to hear them), unlocks, then calls the hook.
+    #[cold]
+    #[inline(never)]
+    fn report(&self, mut state: MutexGuard<'_, ProviderState>) {
+        let Some(hook) = self.shared.warn_hook.get() else {
+            return;
+        };
+        let warnings = state.take_warnings();
+        drop(state);
+        warnings.iter().for_each(|w| hook(&self.name, w));
     }
 
     /// The common admission, with no key alternatives: every limit has room now. The call

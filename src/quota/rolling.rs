@@ -7,7 +7,7 @@
 //! i.e. `64 / 65` ≈ 98.5% of the permitted rate, with constant memory and O(1) checks.
 
 use crate::quota::clock::Micros;
-use crate::quota::fit::{fits, Cap, Fit};
+use crate::quota::fit::{fits, Cap, Fit, Undo};
 
 /// Sub-buckets per window.
 pub const BUCKETS: u64 = 64;
@@ -94,11 +94,34 @@ impl RollingWindow {
         }
     }
 
-    /// Whether `fit` would say `Now` at its first comparison.
+    /// When `fit` would say `Now` at its first comparison, counts `cost` as [`add`]
+    /// does and returns its bucket, that bucket's end and what [`undo_add`] puts back;
+    /// otherwise counts nothing.
+    ///
+    /// [`add`]: Self::add
+    /// [`undo_add`]: Self::undo_add
     #[inline]
-    pub fn fits_now(&mut self, cost: f64, cap: &Cap, now: Micros) -> bool {
+    pub(crate) fn add_if_fits(
+        &mut self,
+        cost: f64,
+        cap: &Cap,
+        now: Micros,
+    ) -> Option<(BucketId, Micros, Undo)> {
         self.advance(now);
-        cap.admits(self.sum, cost)
+        if !cap.admits(self.sum, cost) {
+            return None;
+        }
+        let i = self.head_slot;
+        let undo = Undo(self.ring[i], self.sum);
+        self.ring[i] = undo.0 + cost;
+        self.sum = undo.1 + cost;
+        Some((self.head, self.head_end, undo))
+    }
+
+    /// Takes back the last [`add_if_fits`](Self::add_if_fits), with nothing changed since.
+    pub(crate) fn undo_add(&mut self, undo: Undo) {
+        self.ring[self.head_slot] = undo.0;
+        self.sum = undo.1;
     }
 
     /// The slow half of [`RollingWindow::fit`]: when, if ever.

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::quota::fit::Cap;
+use crate::quota::fit::{Cap, Undo};
 use crate::quota::meter::{capacity_of, Meter};
 use crate::quota::priority::Priority;
 use crate::quota::reload::Remap;
@@ -81,6 +81,9 @@ pub struct ProviderState {
     pub(crate) warnings: Vec<WarnEvent>,
     /// Item lists of settled reservations, reused by the next admissions.
     pub(crate) pool: Vec<Vec<Item>>,
+    /// Scratch of `count_if_fits`: what each count it took overwrote, by item index (as
+    /// long as `entries`, once used).
+    pub(crate) undo: Vec<Undo>,
     /// Some limit has a `warn_at` (fixed with the spec: a reload builds a new state).
     pub(crate) warns: bool,
 }
@@ -155,6 +158,7 @@ impl ProviderState {
             remaps: VecDeque::new(),
             warnings: Vec::new(),
             pool: Vec::new(),
+            undo: Vec::new(),
         }
     }
 
