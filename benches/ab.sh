@@ -91,7 +91,7 @@ run_ns() { # PID: nanoseconds its threads have run
 load() { # PROXY_ADDR -> requests served
   if [[ $MODE == newconn ]]; then
     taskset -c 1 hey -z 4s -c 10 -q 100 -disable-keepalive -x "http://$1" "http://$UP/" >"$WORK/load.out"
-    awk '/\[200\]/ {print $2}' "$WORK/load.out"
+    awk '$1 == "[200]" && $3 == "responses" {print $2}' "$WORK/load.out"
   else
     WRK_PROXY_URL="http://$UP/" WRK_RATE=$RATE taskset -c 1 wrk -t1 -c50 -d4s \
       -s "$ROOT/benches/compare/wrk.lua" "http://$1/" >"$WORK/load.out" 2>&1

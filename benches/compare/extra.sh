@@ -190,7 +190,7 @@ tls_run() { # PROXY HOST PIDS DURATION KEEPALIVE(yes|no) WORKERS
   local out
   with_cpu "$3" "${ON_CORE1[@]}" hey "${args[@]}" "https://$2/" >"$WORK/tls-hey.out" 2>&1 \
     || die "hey failed via $1: $(tail -3 "$WORK/tls-hey.out")"
-  out=$(awk '/\[200\]/ {print $2}' "$WORK/tls-hey.out")
+  out=$(awk '$1 == "[200]" && $3 == "responses" {print $2}' "$WORK/tls-hey.out")
   echo "${out:-0} $CPU_US"
 }
 
