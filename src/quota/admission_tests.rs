@@ -13,6 +13,10 @@ pub(crate) fn rolling(name: &str, unit: Unit, amount: f64, len: Micros) -> Limit
     LimitSpec::new(name, unit, amount, WindowKind::Rolling { len })
 }
 
+pub(crate) fn bucket(name: &str, unit: Unit, amount: f64, len: Micros, burst: f64) -> LimitSpec {
+    LimitSpec::new(name, unit, amount, WindowKind::TokenBucket { len, burst })
+}
+
 pub(crate) fn daily(name: &str, unit: Unit, amount: f64) -> LimitSpec {
     LimitSpec::new(
         name,
@@ -559,15 +563,7 @@ fn a_refusal_after_counting_puts_every_counter_back_exactly() {
             vec![
                 rolling("usd-minute", Unit::Usd, 1e6, MIN),
                 daily("usd-day", Unit::Usd, 1e6),
-                LimitSpec::new(
-                    "usd-bucket",
-                    Unit::Usd,
-                    1e6,
-                    WindowKind::TokenBucket {
-                        len: MIN,
-                        burst: 1e6,
-                    },
-                ),
+                bucket("usd-bucket", Unit::Usd, 1e6, MIN, 1e6),
                 concurrent(100.0),
                 rolling("rpm", Unit::Requests, 2.0, MIN),
             ],

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 
-use crate::quota::admission::tests::{admitted, daily, rolling, used, T0};
+use crate::quota::admission::tests::{admitted, bucket, daily, rolling, used, T0};
 use crate::quota::clock::{Clock, ManualClock, Micros, SECOND};
 use crate::quota::spec::{ClientShares, LimitSpec, ProviderSpec, Scope, WindowKind};
 use crate::quota::unit::{Costs, Unit};
@@ -17,10 +17,6 @@ use crate::quota::{
 
 const MIN64: Micros = 64 * SECOND;
 const DAY: Micros = 86_400 * SECOND;
-
-fn bucket(name: &str, unit: Unit, amount: f64, len: Micros, burst: f64) -> LimitSpec {
-    LimitSpec::new(name, unit, amount, WindowKind::TokenBucket { len, burst })
-}
 
 fn credits(n: f64) -> Costs {
     Costs::ZERO.with(Unit::Credits, n)
