@@ -81,10 +81,6 @@ impl Meter {
         cap: &Cap,
         now: Micros,
     ) -> Option<(u64, Micros, Undo)> {
-        // The common kind first, on a branch rather than through the jump table.
-        if let Meter::Rolling(w) = self {
-            return w.add_if_fits(cost, cap, now);
-        }
         match self {
             Meter::Rolling(w) => w.add_if_fits(cost, cap, now),
             Meter::Calendar(c) => c
