@@ -3,7 +3,7 @@
 # tenths of a percent even on a busy shared machine, so it is the figure to compare before
 # and after a change to the request path (CPU times swing ±25% here).
 #
-#   bash benches/callgrind.sh [MODE ...]     # modes: forward (default), quotas, route, newconn, redis, tls, bare
+#   bash benches/callgrind.sh [MODE ...]     # modes: forward (default), quotas, route, newconn, redis, tls, tlsnew, bare
 #
 #   forward  absolute-form request to a configured provider, no limits
 #   quotas   the same with three request limits (second, minute, day)
@@ -16,6 +16,7 @@
 #   tls      intercepted HTTPS keep-alive: CONNECT api.bench.test:443, TLS terminated with a
 #            leaf, re-originated to a TLS mock upstream on 127.0.0.1:443 (port 443 must be
 #            free; needs openssl)
+#   tlsnew   as tls, but a new client connection (and TLS handshake) per request
 #
 # For each mode the release proxy runs under `valgrind --tool=callgrind` twice, serving
 # N1 then N2 keep-alive requests (hey, 10 connections) from the mock upstream
@@ -62,7 +63,7 @@ start_upstream "$WORK/up.out" --listen 127.0.0.1:0
 UP_ADDR=$(awk '/^listening / {print $2; exit}' "$WORK/up.out")
 
 TLS_HOST=api.bench.test
-if [[ " ${MODES[*]} " == *" tls "* ]]; then
+if [[ " ${MODES[*]} " == *" tls "* || " ${MODES[*]} " == *" tlsnew "* ]]; then
   command -v openssl >/dev/null || { echo "callgrind.sh tls: needs openssl" >&2; exit 1; }
   (exec 3<>/dev/tcp/127.0.0.1/443) 2>/dev/null && { echo "callgrind.sh tls: port 443 is taken" >&2; exit 1; }
   # shellcheck source=compare/upstream_cert.sh
@@ -82,7 +83,7 @@ allow_private_destinations = true
 listen = "127.0.0.1:0"
 
 EOF
-  if [[ $1 == tls ]]; then
+  if [[ $1 == tls || $1 == tlsnew ]]; then
     cat <<EOF
 [proxy.resolve]
 "$TLS_HOST" = "127.0.0.1"
@@ -148,7 +149,7 @@ count_ir() { # MODE N
   fi
   if [[ $mode == route ]]; then
     url="http://$addr/bench/"
-  elif [[ $mode == tls ]]; then
+  elif [[ $mode == tls || $mode == tlsnew ]]; then
     url="https://$TLS_HOST/"
     proxy=(-x "http://$addr")
   else
@@ -157,13 +158,13 @@ count_ir() { # MODE N
   fi
   # One probe first, so lazily built state is not charged to the counted requests alone.
   local trust=()
-  [[ $mode == tls ]] && trust=(--cacert "$WORK/ca/ca.crt")
+  [[ $mode == tls || $mode == tlsnew ]] && trust=(--cacert "$WORK/ca/ca.crt")
   curl -fsS "${trust[@]}" "${proxy[@]}" "$url" >/dev/null
   # Start-up is not counted: its clock calibration runs for a span of wall time, so its
   # instruction count varies from run to run by more than a change to the request path.
   callgrind_control -z "$pid" >/dev/null 2>&1
   local fresh=()
-  [[ $mode == newconn ]] && fresh=(-disable-keepalive)
+  [[ $mode == newconn || $mode == tlsnew ]] && fresh=(-disable-keepalive)
   hey -n "$n" -c 10 "${fresh[@]}" "${proxy[@]}" "$url" >"$out.hey"
   grep -q "\[200\].*$n responses" "$out.hey" || { echo "not every request succeeded: $(cat "$out.hey")" >&2; exit 1; }
   kill -TERM "$pid"
