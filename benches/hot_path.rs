@@ -6,6 +6,10 @@
 //!   (`signals::from_headers`), and from headers that carry none.
 //! - `leaf`: minting an intercepted host's leaf (ECDSA P-256 key, signed by the local CA,
 //!   wrapped in a rustls `ServerConfig`), a leaf-cache hit, and the bare rcgen key + signature.
+//! - `handshake`: the public-key work of the server's side of each new intercepted TLS 1.3
+//!   connection, through ring as rustls does it: an X25519 key share (a key pair and the
+//!   agreement with the client's share), beside a P-256 one, and the ECDSA P-256 signature
+//!   with the leaf's key.
 //! - `tap`: the usage tap over a 4 MiB OpenAI SSE stream in 16 KiB chunks (MB/s), beside a
 //!   plain pass-through copy of the same chunks.
 //!
@@ -139,6 +143,39 @@ fn leaves(c: &mut Criterion) {
     g.finish();
 }
 
+fn handshake(c: &mut Criterion) {
+    use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey};
+    use ring::rand::SystemRandom;
+    use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+    let rng = SystemRandom::new();
+    let mut g = c.benchmark_group("handshake");
+    g.throughput(Throughput::Elements(1));
+    for (name, alg) in [
+        ("x25519_key_share", &agreement::X25519),
+        ("p256_key_share", &agreement::ECDH_P256),
+    ] {
+        let client = EphemeralPrivateKey::generate(alg, &rng).expect("client key");
+        let client_share = client.compute_public_key().expect("client share");
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let ours = EphemeralPrivateKey::generate(alg, &rng).expect("key");
+                let share = ours.compute_public_key().expect("share");
+                black_box(share.as_ref());
+                let peer = UnparsedPublicKey::new(alg, client_share.as_ref());
+                agreement::agree_ephemeral(ours, &peer, |secret| secret[0]).expect("agreement")
+            })
+        });
+    }
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("pkcs8");
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+        .expect("leaf key");
+    let transcript = [0x20u8; 130];
+    g.bench_function("leaf_signature", |b| {
+        b.iter(|| key.sign(&rng, black_box(&transcript)).expect("signature"))
+    });
+    g.finish();
+}
+
 /// A body that yields prepared chunks, ready at once.
 struct Chunks(VecDeque<Bytes>);
 
@@ -254,5 +291,5 @@ fn tap(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, head, signals, leaves, tap);
+criterion_group!(benches, head, signals, leaves, handshake, tap);
 criterion_main!(benches);
