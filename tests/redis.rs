@@ -27,7 +27,7 @@ fn rpm_config(
     with_redis(&cfg, redis, on_error)
 }
 
-const RPM_KEY: &str = "{qp:mock}:q:rpm:requests:r60000000:provider:";
+const RPM_KEY: &str = "{qp:mock}:q:rpm:requests:r60000000w468750n129:provider:";
 
 #[tokio::test]
 async fn three_proxies_share_one_limit_exactly() {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use support::*;
 use tokio::time::Instant;
 
-const RPM_KEY: &str = "{qp:mock}:q:rpm:requests:r60000000:provider:";
+const RPM_KEY: &str = "{qp:mock}:q:rpm:requests:r60000000w468750n129:provider:";
 
 fn config(up: &MockUpstream, redis: &RedisServer, on_error: &str) -> String {
     let cfg = mock_provider(up, &[])

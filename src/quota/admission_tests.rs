@@ -514,10 +514,10 @@ fn prune_forgets_idle_scopes_only() {
 
 #[test]
 fn a_restamped_call_leaves_the_rolling_window_a_window_after_it_was_sent() {
-    let min64 = 64 * SECOND; // 1 s sub-buckets
+    let len = 128 * SECOND; // 1 s sub-buckets
     let mut st = state(vec![
-        rolling("rpm", Unit::Requests, 1.0, min64),
-        rolling("tpm", Unit::Tokens, 100.0, min64),
+        rolling("rpm", Unit::Requests, 1.0, len),
+        rolling("tpm", Unit::Tokens, 100.0, len),
         daily("rpd", Unit::Requests, 10.0),
     ]);
     let d = Demand::new("c", tokens(100.0));
@@ -529,16 +529,17 @@ fn a_restamped_call_leaves_the_rolling_window_a_window_after_it_was_sent() {
     st.restamp(&mut r, T0 + 10 * SECOND);
     assert_eq!(r.restamp_after, T0 + 11 * SECOND);
     assert_eq!(used(&st, "rpm", "", T0 + 10 * SECOND), 1.0);
-    // Unmoved, the call would have left at T0 + 65 s; it now leaves ten seconds later.
-    let w = wait(st.try_admit(&d, T0 + 65 * SECOND));
-    assert_eq!(w.until, T0 + 75 * SECOND);
-    // Settling corrects the bucket it moved to: 40 tokens used, counted until T0 + 75 s.
+    // Unmoved, the call would have left at T0 + 130 s (its sub-bucket's end, the window and
+    // the margin sub-bucket); it now leaves ten seconds later.
+    let w = wait(st.try_admit(&d, T0 + 130 * SECOND));
+    assert_eq!(w.until, T0 + 140 * SECOND);
+    // Settling corrects the bucket it moved to: 40 tokens used, counted until T0 + 140 s.
     st.settle(r, &tokens(40.0), T0 + 11 * SECOND);
-    assert_eq!(used(&st, "tpm", "", T0 + 70 * SECOND), 40.0);
-    assert_eq!(used(&st, "tpm", "", T0 + 75 * SECOND), 0.0);
+    assert_eq!(used(&st, "tpm", "", T0 + 135 * SECOND), 40.0);
+    assert_eq!(used(&st, "tpm", "", T0 + 140 * SECOND), 0.0);
     // The calendar counter keeps the call where it was admitted.
-    assert_eq!(used(&st, "rpd", "", T0 + 75 * SECOND), 1.0);
-    ok(st.try_admit(&d, T0 + 75 * SECOND));
+    assert_eq!(used(&st, "rpd", "", T0 + 140 * SECOND), 1.0);
+    ok(st.try_admit(&d, T0 + 140 * SECOND));
 }
 
 #[test]

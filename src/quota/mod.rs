@@ -31,7 +31,8 @@
 //!   is sent.
 //!
 //! Decisions worth knowing:
-//! - Rolling windows use 64 sub-buckets counted conservatively: never an overshoot in any
+//! - Rolling windows use 128 sub-buckets and one more as a margin, counted conservatively:
+//!   never an overshoot in any
 //!   interval, ≈98.5% of the permitted rate under saturation.
 //! - A cost larger than what a limit could ever give the call (its whole amount, reduced by
 //!   the priority reserve and the client's share) is [`TooLarge`]: waiting cannot help.
@@ -92,7 +93,7 @@ pub use persist::{
 pub use priority::{Priority, PriorityReserve, UnknownPriority};
 pub use provider::{Provider, WarnHook, CONCURRENCY_RETRY_AFTER, QUEUE_LIMIT};
 pub use reservation::Reservation;
-pub use rolling::{RollingWindow, BUCKETS};
+pub use rolling::{RollingWindow, BUCKETS, MARGIN_BUCKETS};
 pub use route_cost::{
     glob_match, param_value_count, CreditRule, InvalidCreditRule, RouteAverages, RouteCost,
 };

@@ -344,7 +344,8 @@ fn in_flight_calls_count_at_their_estimate_and_concurrency_is_not_kept() {
 
 #[test]
 fn another_sub_bucket_width_is_counted_at_its_end() {
-    let spec = || ProviderSpec::new("p", vec![rolling("rpm", Unit::Requests, 5.0, MIN64)]);
+    // 1 s sub-buckets.
+    let spec = || ProviderSpec::new("p", vec![rolling("rpm", Unit::Requests, 5.0, 128 * SECOND)]);
     let mut st = ProviderState::new(spec());
     drop(admitted(
         st.try_admit(&Demand::new("c", Costs::default()), T0),
@@ -358,8 +359,9 @@ fn another_sub_bucket_width_is_counted_at_its_end() {
     }
     let (back, _) = import_into(spec(), &export, T0);
     let s = &back.snapshot(T0)[0];
-    // Counted in the 1 s sub-bucket holding T0 + 4 s - 1 µs: it leaves 65 s after that.
-    assert_eq!(s.resets_at, Some(T0 + 3 * SECOND + 65 * SECOND));
+    // Counted in the 1 s sub-bucket holding T0 + 4 s - 1 µs: it leaves 130 s after that
+    // bucket's start (the window, the bucket and the margin bucket).
+    assert_eq!(s.resets_at, Some(T0 + 3 * SECOND + 130 * SECOND));
 }
 
 #[test]

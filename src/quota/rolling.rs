@@ -1,16 +1,32 @@
 //! Rolling window: never more than `amount` units in ANY interval of length `window`.
 //!
-//! Usage is kept in `n` sub-buckets of width `g = ceil(window / 64)` (so `n * g >= window`).
-//! Any interval of length `window` overlaps at most `n + 1` consecutive buckets, so an
-//! admission is checked against the sum of the current bucket and the `n` before it. That
+//! Usage is kept in sub-buckets of width `g = ceil(window / 128)`. Any interval of length
+//! `window` overlaps at most `ceil(window / g) + 1` consecutive buckets; an admission is
+//! checked against the sum of the current bucket and the `n = ceil(window / g) + 1` before
+//! it, one bucket more than that. The extra bucket is a margin for the time between an
+//! admission and the call's arrival upstream: a call stays counted for more than `window + g`
+//! after it was admitted, so a call admitted the moment room frees up (delay mode) cannot
+//! reach an upstream that counts arrivals within the same `window` as the call whose room it
+//! took, unless the earlier call took `g` longer to get there (7.8 ms for a 1 s window). It
 //! errs on refusing: under saturating load the limiter admits `amount` per `(n + 1) * g`,
-//! i.e. `64 / 65` ≈ 98.5% of the permitted rate, with constant memory and O(1) checks.
+//! i.e. `128 / 130` ≈ 98.5% of the permitted rate, with constant memory and O(1) checks.
 
 use crate::quota::clock::Micros;
 use crate::quota::fit::{fits, Cap, Fit, Undo};
 
 /// Sub-buckets per window.
-pub const BUCKETS: u64 = 64;
+pub const BUCKETS: u64 = 128;
+
+/// Sub-buckets a call stays counted beyond its window (see the module's text).
+pub const MARGIN_BUCKETS: u64 = 1;
+
+/// A window's sub-bucket width and the number of sub-buckets before the current one that an
+/// admission counts: `(width, n)`. The local meters and the Redis plan share it.
+pub fn geometry(len: Micros) -> (Micros, u64) {
+    let len = len.max(1);
+    let width = len.div_ceil(BUCKETS).max(1);
+    (width, len.div_ceil(width) + MARGIN_BUCKETS)
+}
 
 /// A rolling-window counter. Pure: every method takes `now`.
 #[derive(Debug, Clone)]
@@ -36,9 +52,7 @@ pub type BucketId = u64;
 impl RollingWindow {
     /// An empty window of `len` µs (0 is treated as 1).
     pub fn new(len: Micros) -> Self {
-        let len = len.max(1);
-        let width = len.div_ceil(BUCKETS).max(1);
-        let n = len.div_ceil(width);
+        let (width, n) = geometry(len);
         Self {
             width,
             n,
@@ -271,16 +285,22 @@ mod tests {
     #[test]
     fn geometry() {
         let w = RollingWindow::new(MIN);
-        assert_eq!((w.width, w.n, w.ring.len()), (937_500, 64, 65));
+        assert_eq!((w.width, w.n, w.ring.len()), (468_750, 129, 130));
         let w = RollingWindow::new(10);
-        assert_eq!((w.width, w.n), (1, 10));
+        assert_eq!((w.width, w.n), (1, 11));
         let w = RollingWindow::new(0);
-        assert_eq!((w.width, w.n), (1, 1));
+        assert_eq!((w.width, w.n), (1, 2));
+        // The buckets counted before the current one span the window and one bucket more.
+        for len in [1, 10, 127, 128, 129, SECOND, MIN, 3_600 * SECOND + 7] {
+            let w = RollingWindow::new(len);
+            assert!(w.n * w.width >= len + w.width, "{len}");
+            assert!((w.n - 1) * w.width < len + w.width, "{len}");
+        }
     }
 
     #[test]
     fn restamp_moves_a_reservation_to_the_bucket_it_leaves_in() {
-        let mut w = RollingWindow::new(64 * SECOND); // 1 s buckets
+        let mut w = RollingWindow::new(128 * SECOND); // 1 s buckets
         let b0 = w.add(5.0, T0);
         w.add(2.0, T0 + 500_000);
         // Still in its bucket: nothing moves.
@@ -293,23 +313,25 @@ mod tests {
             (w.ring[w.slot(b0)], w.ring[w.slot(b)], w.sum),
             (2.0, 5.0, 7.0)
         );
-        // So they leave the window ten seconds after the 2 that stayed.
-        assert_eq!(w.used(T0 + 65 * SECOND), 5.0);
-        assert_eq!(w.used(T0 + 75 * SECOND), 0.0);
+        // So they leave the window ten seconds after the 2 that stayed (a window and the
+        // margin bucket after their own bucket).
+        assert_eq!(w.used(T0 + 129 * SECOND), 7.0);
+        assert_eq!(w.used(T0 + 130 * SECOND), 5.0);
+        assert_eq!(w.used(T0 + 140 * SECOND), 0.0);
         // A reservation whose bucket already left is counted again from now.
         let late = w.add(3.0, T0 + 100 * SECOND);
-        let b = w.restamp(late, 3.0, T0 + 200 * SECOND);
-        assert_eq!((b, w.used(T0 + 200 * SECOND)), (late + 100, 3.0));
+        let b = w.restamp(late, 3.0, T0 + 300 * SECOND);
+        assert_eq!((b, w.used(T0 + 300 * SECOND)), (late + 200, 3.0));
         // Never more than the bucket holds (a clock that went backwards, say).
-        let first = w.add(1.0, T0 + 201 * SECOND);
-        let b = w.restamp(first, 4.0, T0 + 202 * SECOND);
+        let first = w.add(1.0, T0 + 301 * SECOND);
+        let b = w.restamp(first, 4.0, T0 + 302 * SECOND);
         assert_eq!((w.ring[w.slot(first)], w.ring[w.slot(b)]), (0.0, 1.0));
     }
 
     #[test]
     fn head_slot_follows_the_head() {
-        let mut w = RollingWindow::new(64 * SECOND); // 1 s buckets, ring of 65
-        for step in [0, 1, 3, 64, 65, 200, 1_000] {
+        let mut w = RollingWindow::new(128 * SECOND); // 1 s buckets, ring of 130
+        for step in [0, 1, 3, 128, 129, 130, 200, 1_000] {
             let t = T0 + step * SECOND;
             let b = w.add(1.0, t);
             assert_eq!(w.head_slot, w.slot(w.head), "step {step}");
@@ -329,8 +351,9 @@ mod tests {
         let Fit::At(t) = w.fit(1.0, 5.0, T0 + 10) else {
             panic!("expected a time")
         };
-        // The bucket holding T0 leaves the window between T0 + 60 s and T0 + 61 s.
-        assert!(t >= T0 + MIN && t <= T0 + MIN + w.width, "{t}");
+        // The bucket holding T0 leaves a window and the margin bucket after it ends: more
+        // than a window and a bucket after T0, at most a window and two buckets after it.
+        assert!(t > T0 + MIN + w.width && t <= T0 + MIN + 2 * w.width, "{t}");
         assert_eq!(w.fit(1.0, 5.0, t - 1), Fit::At(t));
         assert_eq!(w.fit(1.0, 5.0, t), Fit::Now);
         assert_eq!(w.fit(6.0, 5.0, t), Fit::Never);
@@ -339,21 +362,22 @@ mod tests {
 
     #[test]
     fn wait_skips_only_as_many_buckets_as_needed() {
-        let mut w = RollingWindow::new(64 * SECOND); // 1 s buckets
+        let mut w = RollingWindow::new(128 * SECOND); // 1 s buckets
         w.add(3.0, T0); // oldest
         w.add(3.0, T0 + 10 * SECOND);
         w.add(3.0, T0 + 20 * SECOND);
-        // cap 10, cost 4: needs the oldest 3 gone only.
+        // cap 10, cost 4: needs the oldest 3 gone only (its bucket's end, a window and the
+        // margin bucket).
         assert_eq!(
             w.fit(4.0, 10.0, T0 + 30 * SECOND),
-            Fit::At(T0 + 65 * SECOND)
+            Fit::At(T0 + 130 * SECOND)
         );
         // cost 7 needs the first two gone.
         assert_eq!(
             w.fit(7.0, 10.0, T0 + 30 * SECOND),
-            Fit::At(T0 + 75 * SECOND)
+            Fit::At(T0 + 140 * SECOND)
         );
-        assert_eq!(w.resets_at(T0 + 30 * SECOND), Some(T0 + 85 * SECOND));
+        assert_eq!(w.resets_at(T0 + 30 * SECOND), Some(T0 + 150 * SECOND));
     }
 
     /// Inside the newest bucket and after it, with the newest bucket used or emptied by a
@@ -434,7 +458,7 @@ mod tests {
 
     #[test]
     fn saturation_uses_at_least_97_percent() {
-        // Long horizons so that whole-window bursts do not hide the 64/65 rate.
+        // Long horizons so that whole-window bursts do not hide the 128/130 rate.
         let u = saturate(MIN, 500.0, |_| 1.0, 400);
         assert!((0.97..=1.0).contains(&u), "utilisation {u}");
         let u = saturate(SECOND, 200.0, |i| (i % 3 + 1) as f64, 400);

@@ -39,7 +39,12 @@ pub fn hash_tag(prefix: &str, provider: &str) -> String {
 /// changes the window starts a new counter rather than misreading the old one.
 fn window_id(w: &WindowKind) -> String {
     match w {
-        WindowKind::Rolling { len } => format!("r{len}"),
+        // The geometry is part of the name: replicas that count in other sub-buckets (another
+        // version) never read each other's fields as their own.
+        WindowKind::Rolling { len } => {
+            let (width, n) = crate::quota::rolling::geometry(*len);
+            format!("r{len}w{width}n{n}")
+        }
         WindowKind::TokenBucket { len, burst } => format!("b{len}x{burst}"),
         WindowKind::Calendar { period, tz } => format!("c{}-{}", period.as_str(), tz.name()),
         WindowKind::None => "k".to_string(),
@@ -97,11 +102,17 @@ mod tests {
     fn names_carry_the_tag_and_escape_structure() {
         let tag = hash_tag("qp", "open{ai}");
         assert_eq!(tag, "{qp:open%7Bai%7D}");
-        let rpm = LimitSpec::new("rpm", Unit::Requests, 10.0, WindowKind::Rolling { len: 60 })
-            .with_scope(Scope::Key);
+        // A 1 min window: 128 sub-buckets of 468.75 ms, counted with one more as a margin.
+        let rpm = LimitSpec::new(
+            "rpm",
+            Unit::Requests,
+            10.0,
+            WindowKind::Rolling { len: 60_000_000 },
+        )
+        .with_scope(Scope::Key);
         assert_eq!(
             counter_key(&tag, &rpm, "k:1"),
-            "{qp:open%7Bai%7D}:q:rpm:requests:r60:key:k%3A1"
+            "{qp:open%7Bai%7D}:q:rpm:requests:r60000000w468750n129:key:k%3A1"
         );
         let day = LimitSpec::new(
             "daily usd",

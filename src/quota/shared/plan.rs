@@ -7,7 +7,7 @@ use crate::quota::calendar::period_bounds;
 use crate::quota::clock::{Micros, SECOND};
 use crate::quota::fit::non_negative;
 use crate::quota::reservation::Settled;
-use crate::quota::rolling::BUCKETS;
+use crate::quota::rolling::geometry;
 use crate::quota::shared::keys::{counter_key_after, counter_prefix, period_key};
 use crate::quota::spec::{LimitSpec, Scope, WindowKind};
 use crate::quota::state::ProviderState;
@@ -307,9 +307,7 @@ fn counter_of_after(
         _ if spec.unit == Unit::Concurrent => (concurrent(ctx), counter, amount),
         WindowKind::None => (concurrent(ctx), counter, amount),
         WindowKind::Rolling { len } => {
-            let len = len.max(1);
-            let width = len.div_ceil(BUCKETS).max(1);
-            let n = len.div_ceil(width);
+            let (width, n) = geometry(len);
             (Kind::Rolling { width, n }, counter, amount)
         }
         WindowKind::TokenBucket { len, burst } => {
