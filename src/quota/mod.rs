@@ -31,9 +31,9 @@
 //!   is sent.
 //!
 //! Decisions worth knowing:
-//! - Rolling windows use 128 sub-buckets and one more as a margin, counted conservatively:
-//!   never an overshoot in any
-//!   interval, ≈98.5% of the permitted rate under saturation.
+//! - Rolling windows use 128 sub-buckets and one more as a margin for the time from
+//!   admission to the upstream, counted conservatively: never an overshoot in any interval,
+//!   ≈98.5% of the permitted rate under saturation.
 //! - A cost larger than what a limit could ever give the call (its whole amount, reduced by
 //!   the priority reserve and the client's share) is [`TooLarge`]: waiting cannot help.
 //! - A full concurrency limit has no known free time: [`Wait::on_release`] is set and the
