@@ -93,7 +93,7 @@ pub use persist::{
 pub use priority::{Priority, PriorityReserve, UnknownPriority};
 pub use provider::{Provider, WarnHook, CONCURRENCY_RETRY_AFTER, QUEUE_LIMIT};
 pub use reservation::Reservation;
-pub use rolling::{RollingWindow, BUCKETS, MARGIN_BUCKETS};
+pub use rolling::{RollingWindow, BUCKETS};
 pub use route_cost::{
     glob_match, param_value_count, CreditRule, InvalidCreditRule, RouteAverages, RouteCost,
 };
