@@ -481,9 +481,11 @@ import json, sys
 for s in json.load(open(sys.argv[1]))["scenarios"]:
     used = "" if s["used_share"] is None else "%.1f" % (100 * s["used_share"])
     detail = "%d offered at %.0f/s: %d answered 200, %d refused by the proxy, %d by the " \
-        "upstream, %d failed; %d upstream arrivals" % (
+        "upstream, %d failed; %d upstream arrivals; %d arrivals within %s ms at the " \
+        "closest; the upstream's loop read a head up to %s ms after the kernel stamped it" % (
             s["offered"], s["offered_rate"], s["ok"], s["proxy_429"], s["upstream_429"],
-            s["other"], s["upstream_arrivals"])
+            s["other"], s["upstream_arrivals"], s["limit"] + 1, s["tightest_ms"],
+            s["loop_lag_ms_max"])
     print("|".join([s["scenario"], str(s["overshoot"]), str(s["max_in_window"]), used,
                     str(s["upstream_refused"]), str(s["whole_windows"]), detail]))
 EOF
