@@ -21,7 +21,11 @@
 # For each mode the release proxy runs under `valgrind --tool=callgrind` twice, serving
 # N1 then N2 keep-alive requests (hey, 10 connections) from the mock upstream
 # (examples/bench_upstream.rs); (Ir(N2) - Ir(N1)) / (N2 - N1) removes start-up and shutdown.
-# Set CALLGRIND_KEEP=DIR to keep the N2 profile (callgrind_annotate DIR/callgrind.out.MODE).
+# Set CALLGRIND_KEEP=DIR to keep the N2 profile. Read it with `callgrind_annotate --auto=no
+# --threshold=100 --inclusive=no DIR/callgrind.out.MODE` (the default 99% threshold lists only
+# the process's root functions, which hold the whole run), or set two modes' profiles side
+# by side, function by function: `python3 benches/callgrind_diff.py DIR/callgrind.out.forward
+# DIR/callgrind.out.bare N2`.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
