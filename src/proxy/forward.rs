@@ -146,6 +146,7 @@ pub fn handle<'a>(
     runtime: &'a Arc<Runtime>,
     conn: &'a ConnInfo,
     mut req: Request<Incoming>,
+    host: Option<HeaderValue>,
 ) -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send + 'a {
     async move {
         let config = &runtime.config;
@@ -164,7 +165,7 @@ pub fn handle<'a>(
                 hints.client = icpt.client.clone().into();
             }
         }
-        let mut dest = destination(runtime, conn, &req)?;
+        let mut dest = destination(runtime, conn, &req, host.as_ref())?;
         if let Some(p) = &dest.provider {
             refuse_clear_text_key(p, &dest)?;
         }
@@ -177,13 +178,13 @@ pub fn handle<'a>(
         // (origin-form). Nothing to build then.
         let req_authority = req.uri().authority().cloned();
         let req_host = match (&req_authority, &conn.intercepted) {
-            (None, Some(_)) => req.headers().get(header::HOST).cloned(),
+            (None, Some(_)) => host.as_ref(),
             _ => None,
         };
         let spelled = req_authority
             .as_ref()
             .map(|a| a.as_str())
-            .or_else(|| req_host.as_ref().and_then(|h| h.to_str().ok()))
+            .or_else(|| req_host.and_then(|h| h.to_str().ok()))
             .filter(|a| dest.spelled.unwrap_or_else(|| dest.spelled_by(a)));
         let original_authority: Cow<'_, str> = match (spelled, &dest.authority) {
             (Some(a), _) => Cow::Borrowed(a),
@@ -225,12 +226,20 @@ pub fn handle<'a>(
                 .map_err(|_| ProxyError::BadRequest("invalid host".into()))?;
             parts.headers.insert(header::HOST, host);
         } else {
-            // A provider's upstream gets the Host the upstream client sets from the upstream
-            // authority; a request already carrying exactly that (the usual absolute-form call)
-            // keeps it, sparing a removal and an insertion. (Only one Host is ever let through.)
+            // A provider's upstream gets the Host of the upstream authority; a request already
+            // carrying exactly that (the usual absolute-form call) keeps it, sparing a removal
+            // and an insertion. (Only one Host is ever let through.) An h2 client's request
+            // may go out over h2, where `:authority` says it: the upstream client adds Host
+            // only if it goes out over HTTP/1.1.
             let want = crate::upstream::host_header(authority, dest.https);
-            if parts.headers.get(header::HOST).map(HeaderValue::as_bytes) != Some(want.as_bytes()) {
-                parts.headers.remove(header::HOST);
+            if host.as_ref().map(HeaderValue::as_bytes) != Some(want.as_bytes()) {
+                if parts.version == http::Version::HTTP_2 {
+                    parts.headers.remove(header::HOST);
+                } else {
+                    let want = HeaderValue::from_str(want)
+                        .map_err(|_| ProxyError::BadRequest("invalid host".into()))?;
+                    parts.headers.insert(header::HOST, want);
+                }
             }
         }
         if let Some(uri) = upstream_uri(&dest, authority, &parts.uri)? {
@@ -327,30 +336,32 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Every `Host` header must name the URI's authority: a second request on a kept-alive
-/// connection is not sniffed. The usual case, a `Host` spelling the authority, needs no parsing.
-fn check_host_headers(
-    req: &Request<Incoming>,
+/// The `Host` header, if given, must name the URI's authority: a second request on a
+/// kept-alive connection is not sniffed. The usual case, a `Host` spelling the authority,
+/// needs no parsing.
+fn check_host_header(
+    given: Option<&HeaderValue>,
     authority: &Authority,
     host: &str,
     port: u16,
     default_port: u16,
 ) -> Result<(), ProxyError> {
-    for h in req.headers().get_all(header::HOST) {
-        // Byte for byte first: clients spell Host as they spell the URI (a compare of
-        // whole words, where the case-blind one goes byte by byte).
-        let agrees = h.as_bytes() == authority.as_str().as_bytes()
-            || h.as_bytes()
-                .eq_ignore_ascii_case(authority.as_str().as_bytes())
-            || h.to_str()
-                .ok()
-                .and_then(|h| split_authority(h, default_port))
-                .is_some_and(|(hh, hp)| hh == host && hp == port);
-        if !agrees {
-            return Err(ProxyError::BadRequest(format!(
-                "the Host header does not match the request URI authority {authority}"
-            )));
-        }
+    let Some(h) = given else {
+        return Ok(());
+    };
+    // Byte for byte first: clients spell Host as they spell the URI (a compare of whole
+    // words, where the case-blind one goes byte by byte).
+    let agrees = h.as_bytes() == authority.as_str().as_bytes()
+        || h.as_bytes()
+            .eq_ignore_ascii_case(authority.as_str().as_bytes())
+        || h.to_str()
+            .ok()
+            .and_then(|h| split_authority(h, default_port))
+            .is_some_and(|(hh, hp)| hh == host && hp == port);
+    if !agrees {
+        return Err(ProxyError::BadRequest(format!(
+            "the Host header does not match the request URI authority {authority}"
+        )));
     }
     Ok(())
 }
@@ -359,6 +370,7 @@ fn destination(
     runtime: &Arc<crate::runtime::Runtime>,
     conn: &ConnInfo,
     req: &Request<Incoming>,
+    host_header: Option<&HeaderValue>,
 ) -> Result<Destination, ProxyError> {
     let config = &runtime.config;
     let uri = req.uri();
@@ -367,7 +379,7 @@ fn destination(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     if let Some(icpt) = &conn.intercepted {
-        check_tunnel_authorities(req, icpt)?;
+        check_tunnel_authorities(req, host_header, icpt)?;
         return Ok(Destination {
             https: icpt.tls,
             host: Arc::clone(&icpt.host),
@@ -394,12 +406,12 @@ fn destination(
             .last_destination
             .get(runtime, https, authority, &path_and_query)
         {
-            check_host_headers(req, authority, &dest.host, dest.port, default_port)?;
+            check_host_header(host_header, authority, &dest.host, dest.port, default_port)?;
             return Ok(dest);
         }
         let (host, port) = super::split_parsed_authority(authority, default_port)
             .ok_or_else(|| ProxyError::BadRequest(format!("invalid authority {authority:?}")))?;
-        check_host_headers(req, authority, &host, port, default_port)?;
+        check_host_header(host_header, authority, &host, port, default_port)?;
         let provider = policy::match_host(config, &host, port).cloned();
         let mut dest = Destination {
             https,
@@ -485,10 +497,11 @@ fn refuse_clear_text_key(p: &Provider, dest: &Destination) -> Result<(), ProxyEr
 /// so a `Host` disagreeing with `:authority` is refused too.
 fn check_tunnel_authorities(
     req: &Request<Incoming>,
+    host_header: Option<&HeaderValue>,
     icpt: &super::Intercepted,
 ) -> Result<(), ProxyError> {
     let uri = req.uri().authority().map(|a| Ok(a.as_str()));
-    let hosts = req.headers().get_all(header::HOST).iter().map(|h| {
+    let hosts = host_header.into_iter().map(|h| {
         h.to_str()
             .map_err(|_| ProxyError::BadRequest("the Host header is not valid".into()))
     });

@@ -32,10 +32,32 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none of them: one pass over the names is cheaper than nine
     // hashed removals. Counting the names present lets the removals below stop once all
     // are gone: a `Connection: close` request pays one removal, not nine.
-    let mut present = headers
+    let present = headers.keys().filter(|k| is_hop_by_hop(k)).count();
+    strip_counted(headers, present);
+}
+
+/// [`strip_hop_by_hop`] for a message the proxy then sets `own` on: also tells whether it
+/// arrived with a header of that name, found in the same pass over the names (a hashed
+/// lookup of a custom name costs more than that pass).
+pub fn strip_hop_by_hop_noting(headers: &mut HeaderMap, own: &HeaderName) -> bool {
+    let mut found = false;
+    let present = headers
         .keys()
-        .filter(|k| **k == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(k))
+        .filter(|k| {
+            found |= *k == own;
+            is_hop_by_hop(k)
+        })
         .count();
+    strip_counted(headers, present);
+    found
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(name)
+}
+
+/// Removes the hop-by-hop headers, `present` of them found by a pass over the names.
+fn strip_counted(headers: &mut HeaderMap, mut present: usize) {
     if present == 0 {
         return;
     }

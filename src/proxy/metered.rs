@@ -583,9 +583,8 @@ fn finish_plain(
 ) -> Response<Body> {
     p.metrics.count("upstream_429");
     let (mut parts, body) = resp.into_parts();
-    super::headers::strip_hop_by_hop(&mut parts.headers);
-    parts.version = http::Version::HTTP_11;
     add_key_headers(&mut parts.headers, key, delayed);
+    parts.version = http::Version::HTTP_11;
     Response::from_parts(parts, body)
 }
 
@@ -597,10 +596,19 @@ static DELAYED_HEADER: header::HeaderName =
 static RATELIMIT: header::HeaderName = header::HeaderName::from_static("ratelimit");
 static RATELIMIT_POLICY: header::HeaderName = header::HeaderName::from_static("ratelimit-policy");
 
+/// Strips the upstream's hop-by-hop headers and sets the key and delay headers; an
+/// `x-quota-proxy-key` the upstream sent never reaches the app.
 fn add_key_headers(headers: &mut http::HeaderMap, key: Option<&str>, delayed: Micros) {
-    headers.remove(&KEY_HEADER);
-    if let Some(v) = key.and_then(|k| HeaderValue::from_str(k).ok()) {
-        headers.insert(&KEY_HEADER, v);
+    let upstream_named_key = super::headers::strip_hop_by_hop_noting(headers, &KEY_HEADER);
+    match key.and_then(|k| HeaderValue::from_str(k).ok()) {
+        // Replaces any the upstream sent.
+        Some(v) => {
+            headers.insert(&KEY_HEADER, v);
+        }
+        None if upstream_named_key => {
+            headers.remove(&KEY_HEADER);
+        }
+        None => {}
     }
     if delayed > 0 {
         headers.insert(&DELAYED_HEADER, HeaderValue::from(delayed / 1000));
@@ -619,9 +627,8 @@ fn decorate(
     shared: Option<quota::Headroom>,
 ) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
-    super::headers::strip_hop_by_hop(&mut parts.headers);
-    parts.version = http::Version::HTTP_11;
     add_key_headers(&mut parts.headers, key, delayed);
+    parts.version = http::Version::HTTP_11;
     let account = key
         .and_then(|k| p.config.keys.keys.iter().find(|s| s.id == k))
         .and_then(|k| k.account.as_deref());
@@ -643,4 +650,51 @@ fn decorate(
         }
     }
     Response::from_parts(parts, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream_headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// The key header names the key the proxy chose, or is absent: one the upstream sent
+    /// never reaches the app. Hop-by-hop headers go in the same pass.
+    #[test]
+    fn key_headers_replace_the_upstreams_own() {
+        let sent = [
+            ("x-quota-proxy-key", "spoofed"),
+            ("connection", "x-extra"),
+            ("x-extra", "1"),
+            ("content-type", "text/plain"),
+        ];
+        let mut h = upstream_headers(&sent);
+        add_key_headers(&mut h, None, 0);
+        assert_eq!(h, upstream_headers(&[("content-type", "text/plain")]));
+
+        let mut h = upstream_headers(&sent);
+        add_key_headers(&mut h, Some("k1"), 2_500);
+        assert_eq!(
+            h,
+            upstream_headers(&[
+                ("content-type", "text/plain"),
+                ("x-quota-proxy-key", "k1"),
+                ("x-quota-proxy-delayed-ms", "2"),
+            ])
+        );
+
+        let mut h = upstream_headers(&[("content-type", "text/plain")]);
+        add_key_headers(&mut h, None, 0);
+        assert_eq!(h, upstream_headers(&[("content-type", "text/plain")]));
+    }
 }

@@ -96,12 +96,12 @@ pub fn handle(
 ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send {
     async move {
         let runtime = shared.runtime.load_full();
-        let result = if let Err(e) = check_host_headers(&req) {
-            Err(e)
-        } else if req.method() == Method::CONNECT && conn.intercepted.is_none() {
-            connect::handle(&shared, &runtime, &conn, req).await
-        } else {
-            forward::handle(&shared, &runtime, &conn, req).await
+        let result = match the_host(&req) {
+            Err(e) => Err(e),
+            Ok(_) if req.method() == Method::CONNECT && conn.intercepted.is_none() => {
+                connect::handle(&shared, &runtime, &conn, req).await
+            }
+            Ok(host) => forward::handle(&shared, &runtime, &conn, req, host).await,
         };
         Ok(result.unwrap_or_else(|e| {
             tracing::debug!(status = e.status().as_u16(), error = %e, "refused");
@@ -155,20 +155,24 @@ pub fn split_parsed_authority(
     Some((host.to_ascii_lowercase(), port))
 }
 
-/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host` (CONNECT is let off, as
-/// some clients omit it there); more than one is always refused. The listener checks the
-/// first head of a connection; this checks every request, kept-alive ones included.
-fn check_host_headers<B>(req: &Request<B>) -> Result<(), ProxyError> {
-    let hosts = req.headers().get_all(http::header::HOST).iter().count();
-    if hosts > 1 {
+/// The request's one `Host`, if any. RFC 9112 §3.2: an HTTP/1.1 request carries exactly one
+/// (CONNECT is let off, as some clients omit it there); more than one is always refused. The
+/// listener checks the first head of a connection; this checks every request, kept-alive
+/// ones included. The value is kept (a shared buffer's count, not a copy): the request's
+/// checks and its upstream `Host` all read it, with no second lookup.
+fn the_host<B>(req: &Request<B>) -> Result<Option<http::HeaderValue>, ProxyError> {
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
         return Err(ProxyError::BadRequest("more than one Host header".into()));
     }
-    if hosts == 0 && req.version() == http::Version::HTTP_11 && req.method() != Method::CONNECT {
+    if host.is_none() && req.version() == http::Version::HTTP_11 && req.method() != Method::CONNECT
+    {
         return Err(ProxyError::BadRequest(
             "an HTTP/1.1 request needs a Host header".into(),
         ));
     }
-    Ok(())
+    Ok(host.cloned())
 }
 
 /// Resolves once shutdown has started.

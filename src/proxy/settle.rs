@@ -219,12 +219,9 @@ impl Tightest {
 
     /// `RateLimit: "name";r=REMAINING;t=RESET` (draft-ietf-httpapi-ratelimit-headers).
     pub fn ratelimit(&self) -> Result<HeaderValue, InvalidHeaderValue> {
-        self.header(
-            ";r=",
-            self.remaining.floor().max(0.0) as u64,
-            ";t=",
-            self.reset_secs,
-        )
+        // `as` rounds toward zero (the floor of a non-negative number) and makes a negative
+        // or NaN remainder 0: no libm call.
+        self.header(";r=", self.remaining as u64, ";t=", self.reset_secs)
     }
 
     /// `RateLimit-Policy: "name";q=AMOUNT;w=WINDOW`. It changes only with the config, so
@@ -235,7 +232,7 @@ impl Tightest {
             static RECENT: std::cell::RefCell<[Option<Entry>; POLICY_CACHE]> =
                 const { std::cell::RefCell::new([const { None }; POLICY_CACHE]) };
         }
-        let amount = self.amount.floor() as u64;
+        let amount = self.amount as u64;
         let window = self.window_secs;
         let same = |e: &Entry| e.1 == amount && e.2 == window && e.0 == self.name;
         RECENT.with_borrow_mut(|recent| {
@@ -377,6 +374,28 @@ mod tests {
                 t("rpm", 10.0, Some(60)).policy().unwrap(),
                 "\"rpm\";q=10;w=60"
             );
+        }
+    }
+
+    /// `r=` is the whole units left: a fraction rounds down, and nothing left is 0 however
+    /// the counters read.
+    #[test]
+    fn ratelimit_remaining_is_whole_and_never_negative() {
+        let t = |remaining: f64| Tightest {
+            name: "tpm".into(),
+            amount: 100.0,
+            remaining,
+            window_secs: Some(60),
+            reset_secs: None,
+        };
+        for (remaining, want) in [
+            (4.9, "\"tpm\";r=4"),
+            (100.0, "\"tpm\";r=100"),
+            (0.2, "\"tpm\";r=0"),
+            (-3.5, "\"tpm\";r=0"),
+            (f64::NAN, "\"tpm\";r=0"),
+        ] {
+            assert_eq!(t(remaining).ratelimit().unwrap(), want, "{remaining}");
         }
     }
 

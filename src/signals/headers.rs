@@ -26,7 +26,12 @@ pub fn from_headers(
     now: Micros,
 ) -> Signals {
     let mut s = Signals::default();
-    retry_after(headers, now, &mut s);
+    // RFC 9110 gives `Retry-After` a meaning on 3xx, 429 and 503 answers (and upstreams send
+    // it on other refusals); on a success it says nothing, and two header lookups per
+    // successful call were the most of this function's cost.
+    if status >= 300 {
+        retry_after(headers, now, &mut s);
+    }
     status_verdict(status, &mut s);
     for family in families {
         match family {
@@ -184,6 +189,22 @@ mod tests {
         assert_eq!(ms.retry_after, Some(NOW + 1_500_000));
         let bad = sig(429, &[("retry-after", "soon")]);
         assert_eq!((bad.retry_after, bad.malformed), (None, 1));
+    }
+
+    /// A success's `Retry-After` means nothing (RFC 9110 §10.2.3): it cools no key.
+    #[test]
+    fn retry_after_is_read_on_answers_other_than_success() {
+        for status in [200, 201, 204, 299] {
+            let s = sig(status, &[("retry-after", "20"), ("retry-after-ms", "5")]);
+            assert_eq!((s.retry_after, s.malformed), (None, 0), "{status}");
+        }
+        for status in [301, 400, 403, 429, 500, 503] {
+            assert_eq!(
+                sig(status, &[("retry-after", "20")]).retry_after,
+                Some(NOW + 20 * S),
+                "{status}"
+            );
+        }
     }
 
     #[test]

@@ -211,7 +211,10 @@ impl UpstreamClient {
             };
             let sent = match sender {
                 Sender::H1(mut s) => {
-                    if !req.headers().contains_key(HOST) {
+                    // An HTTP/1.x request arrives with its Host set (the proxy's pipeline sets
+                    // it); an h2 client's names its authority in `:authority` instead, and
+                    // needs one to go out over HTTP/1.1.
+                    if req.version() == http::Version::HTTP_2 && !req.headers().contains_key(HOST) {
                         let host =
                             HeaderValue::from_str(host_header(key.authority.as_str(), key.https))
                                 .map_err(|_| UpstreamError::NoAuthority)?;
